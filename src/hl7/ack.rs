@@ -1,0 +1,1 @@
+//! ACK builder (lead)
