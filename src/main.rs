@@ -1,1 +1,114 @@
-fn main() {}
+//! caregate's entry point: parse the command line, set up logging, dispatch, map failures to
+//! exit codes (64: usage or configuration, 1: runtime, 2: a message was refused).
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use caregate::cli::{Cli, Command, LogFormat, QueueCommand};
+use caregate::config::{self, Config};
+use caregate::{app, cli, shutdown};
+
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("caregate: {e:#}");
+            if e.downcast_ref::<config::Error>().is_some() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CAREGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            config,
+            unsafe_no_fsync,
+        } => {
+            let config = Config::load(&config)?;
+            let options = app::Options {
+                durable: !unsafe_no_fsync,
+            };
+            runtime()?.block_on(app::run(config, options, async {
+                let which = shutdown::signal().await;
+                tracing::info!(signal = which, "shutting down");
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => {
+            let c = Config::load(&config)?;
+            println!(
+                "{}: ok ({} tenants, {} sources)",
+                config.display(),
+                c.tenants.len(),
+                c.sources.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PrintConfig => {
+            print!("{}", config::DEFAULT_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            to,
+            tls,
+            ca,
+            cert,
+            key,
+            server_name,
+            timeout,
+            files,
+        } => {
+            let opts = cli::SendOptions {
+                to,
+                tls,
+                ca,
+                identity: cert.zip(key),
+                server_name,
+                timeout,
+            };
+            let ok = runtime()?.block_on(cli::send(&opts, &files))?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Command::Queue {
+            command: QueueCommand::Stats { config, json },
+        } => {
+            let config = Config::load(&config)?;
+            let now = jiff::Timestamp::now().as_microsecond();
+            let stats = caregate::queue::read_stats(&config.data_dir, now)
+                .with_context(|| format!("reading the queue in {}", config.data_dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{stats}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Wiring and lifecycle: open queue → bind admin and every source → readiness latch and
+//! `READY=1` → run → on shutdown `STOPPING=1`, sources stop accepting and finish the message in
+//! hand (commit + ACK) → exit within the deadline, naming what was still running.
+//!
+//! [`start`] returns a [`Running`] handle with the bound addresses so tests drive the whole
+//! gateway in-process; [`run`] is `start` plus waiting for a signal, for `main`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, SourceKind};
+use crate::health::{self, Readiness};
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::shutdown::{self, Trigger};
+use crate::mllp;
+
+/// Runtime switches that are not part of the pipeline description (CLI flags).
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// fsync every commit. Only the ingest benchmark turns this off, to show what durability costs.
+    pub durable: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { durable: true }
+    }
+}
+
+/// A started gateway.
+pub struct Running {
+    /// `(source name, bound address)` of every MLLP listener.
+    pub mllp: Vec<(String, SocketAddr)>,
+    /// Bound admin address.
+    pub admin: SocketAddr,
+    /// The queue (tests inspect it).
+    pub queue: Queue,
+    /// The metric set.
+    pub metrics: Arc<Metrics>,
+    trigger: Trigger,
+    tasks: JoinSet<()>,
+    names: HashMap<tokio::task::Id, String>,
+    deadline: Duration,
+}
+
+/// Opens the queue and starts everything, returning once all listeners are bound and the
+/// readiness latch is set.
+pub async fn start(config: &Config, options: Options) -> anyhow::Result<Running> {
+    let metrics = Metrics::new();
+    let queue = if options.durable {
+        Queue::open(&config.data_dir, config.queue, metrics.clone())
+    } else {
+        tracing::warn!("running with fsync disabled: acknowledged messages can be lost on power failure (benchmark only)");
+        let path = config.data_dir.join("queue.redb");
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+        Queue::open_with(
+            Arc::new(move || redb::Database::create(&path)),
+            config.queue,
+            false,
+            metrics.clone(),
+        )
+    }
+    .with_context(|| format!("opening the queue in {}", config.data_dir.display()))?;
+    start_with_queue(config, queue, metrics).await
+}
+
+/// Like [`start`] with a queue opened by the caller (tests inject storage faults this way).
+pub async fn start_with_queue(config: &Config, queue: Queue, metrics: Arc<Metrics>) -> anyhow::Result<Running> {
+    let ready = Arc::new(Readiness::default());
+    let (trigger, _) = shutdown::channel();
+    let admin_listener = health::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", config.admin.listen))?;
+    let admin = admin_listener.local_addr().unwrap_or(config.admin.listen);
+
+    let mut listeners = Vec::new();
+    for source in &config.sources {
+        match &source.kind {
+            SourceKind::Mllp(m) => {
+                let l = mllp::Listener::bind(&source.name, &source.tenant, m, queue.clone(), metrics.clone())
+                    .await
+                    .with_context(|| format!("starting source {}", source.name))?;
+                listeners.push((source.name.clone(), l));
+            }
+        }
+    }
+
+    let mut tasks = JoinSet::new();
+    let mut names = HashMap::new();
+    let (r, m, s) = (ready.clone(), metrics.clone(), trigger.subscribe());
+    let h = tasks.spawn(health::run(admin_listener, r, m, s));
+    names.insert(h.id(), "admin listener".to_owned());
+    let mut mllp_addrs = Vec::new();
+    for (name, l) in listeners {
+        mllp_addrs.push((name.clone(), l.local_addr()));
+        let h = tasks.spawn(l.run(trigger.subscribe()));
+        names.insert(h.id(), format!("source {name}"));
+    }
+    ready.set();
+    notify(&[sd_notify::NotifyState::Ready]);
+    notify(&[sd_notify::NotifyState::Status(&format!("running: {} sources", mllp_addrs.len()))]);
+    tracing::info!(sources = mllp_addrs.len(), admin = %admin, "caregate ready");
+    Ok(Running {
+        mllp: mllp_addrs,
+        admin,
+        queue,
+        metrics,
+        trigger,
+        tasks,
+        names,
+        deadline: config.shutdown_timeout,
+    })
+}
+
+impl Running {
+    /// The address of the named MLLP source.
+    pub fn mllp_addr(&self, source: &str) -> Option<SocketAddr> {
+        self.mllp.iter().find(|(n, _)| n == source).map(|(_, a)| *a)
+    }
+
+    /// Ordered shutdown within the configured deadline. Returns the names of tasks that did
+    /// not finish in time (empty when clean).
+    pub async fn stop(mut self) -> Vec<String> {
+        notify(&[sd_notify::NotifyState::Stopping]);
+        self.trigger.fire();
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        loop {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
+                Ok(Some(Ok((id, ())))) => {
+                    self.names.remove(&id);
+                }
+                Ok(Some(Err(e))) => {
+                    let name = self.names.remove(&e.id()).unwrap_or_default();
+                    tracing::error!(task = %name, error = %e, "task ended abnormally");
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    let mut late: Vec<String> = self.names.values().cloned().collect();
+                    late.sort();
+                    tracing::error!(still_running = ?late, "shutdown deadline passed; aborting");
+                    self.tasks.abort_all();
+                    return late;
+                }
+            }
+        }
+        tracing::info!("caregate stopped");
+        Vec::new()
+    }
+}
+
+/// Runs until `shutdown` completes (a signal in production), then stops in order.
+pub async fn run(config: Config, options: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(&config, options).await?;
+    shutdown.await;
+    let late = running.stop().await;
+    if late.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("shutdown deadline passed with {} tasks still running", late.len())
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}

@@ -1,0 +1,207 @@
+//! Command line (clap derive). Config-file settings describe the pipeline; flags here only
+//! change how this process runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config;
+
+/// caregate: on-premises HL7 v2 / device gateway with durable store-and-forward to FHIR R4.
+#[derive(Debug, Parser)]
+#[command(name = "caregate", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Run {
+        /// Configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Commit without fsync. Acknowledged messages can be lost on power failure: only for
+        /// the ingest benchmark's "what does durability cost" run.
+        #[arg(long, hide = true)]
+        unsafe_no_fsync: bool,
+    },
+    /// Validate the configuration without opening any port; exit 0, or 64 with file, key and line.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Print the fully commented default configuration.
+    PrintConfig,
+    /// Send HL7 files over MLLP and print each ACK (MSA-1, MSA-2, error text).
+    Send {
+        /// Target `HOST:PORT`.
+        #[arg(long)]
+        to: String,
+        /// Use TLS 1.3.
+        #[arg(long)]
+        tls: bool,
+        /// CA bundle to trust (default: the system bundle).
+        #[arg(long, requires = "tls")]
+        ca: Option<PathBuf>,
+        /// Client certificate for mTLS.
+        #[arg(long, requires_all = ["tls", "key"])]
+        cert: Option<PathBuf>,
+        /// Client key for mTLS.
+        #[arg(long, requires_all = ["tls", "cert"])]
+        key: Option<PathBuf>,
+        /// Name to verify in the server certificate (default: the host part of --to).
+        #[arg(long, requires = "tls")]
+        server_name: Option<String>,
+        /// How long to wait for each ACK.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Files holding one or more HL7 messages (batches and multi-message files are split).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Inspect the durable queue.
+    Queue {
+        /// What to show.
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+/// `caregate queue ...`.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Counts and bytes per tenant and source, oldest entry age.
+    Stats {
+        /// Configuration file (for data_dir).
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Settings of `caregate send`.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Target `HOST:PORT`.
+    pub to: String,
+    /// Use TLS.
+    pub tls: bool,
+    /// CA bundle.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Name to verify.
+    pub server_name: Option<String>,
+    /// ACK timeout.
+    pub timeout: Duration,
+}
+
+/// `caregate send`: sends every message of every file, one at a time, and prints one line per
+/// ACK. Returns false when any message was not accepted (AE/AR/CE/CR, no ACK, or timeout).
+pub async fn send(opts: &SendOptions, files: &[PathBuf]) -> anyhow::Result<bool> {
+    use anyhow::Context as _;
+
+    use crate::hl7::batch;
+    use crate::mllp::client::Client;
+
+    let mut client = if opts.tls {
+        let identity = opts.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        let config = crate::mllp::tls::client_config(opts.ca.as_deref(), identity)?;
+        let host = opts.server_name.clone().unwrap_or_else(|| {
+            opts.to
+                .rsplit_once(':')
+                .map_or(opts.to.as_str(), |(h, _)| h)
+                .trim_matches(['[', ']'])
+                .to_owned()
+        });
+        Client::connect_tls(&opts.to, &host, config, opts.timeout).await?
+    } else {
+        Client::connect(&opts.to, opts.timeout).await?
+    };
+    let mut all_ok = true;
+    let mut sent = 0usize;
+    for file in files {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let split = batch::split(&bytes);
+        if split.messages.is_empty() {
+            println!("{}: no HL7 message found", file.display());
+            all_ok = false;
+            continue;
+        }
+        for (i, m) in split.messages.iter().enumerate() {
+            sent += 1;
+            // Files use LF or CRLF between segments; MLLP wants CR.
+            let payload = normalise_segments(m);
+            match client.send(&payload).await {
+                Ok(reply) if reply.acks.is_empty() => {
+                    println!("{}#{}: reply without MSA", file.display(), i + 1);
+                    all_ok = false;
+                }
+                Ok(reply) => {
+                    for a in &reply.acks {
+                        let codes = if a.error_codes.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" [{}]", a.error_codes.join(","))
+                        };
+                        println!(
+                            "{}#{}: {} {}{}{}",
+                            file.display(),
+                            i + 1,
+                            a.code_text,
+                            a.control_id,
+                            if a.text.is_empty() { String::new() } else { format!(" {}", a.text) },
+                            codes
+                        );
+                        if !a.code.is_some_and(|c| c.is_accept()) {
+                            all_ok = false;
+                        }
+                    }
+                }
+                Err(e) => {
+                    println!("{}#{}: {e}", file.display(), i + 1);
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    eprintln!("sent {sent} messages");
+    Ok(all_ok)
+}
+
+/// Turns LF and CRLF segment separators into CR (the HL7 terminator), dropping empty lines.
+pub fn normalise_segments(m: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len());
+    for line in m.split(|&b| b == b'\r' || b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        out.extend_from_slice(line);
+        out.push(b'\r');
+    }
+    out
+}

@@ -1,0 +1,678 @@
+//! The configuration file: TOML → [`RawConfig`] (serde, `deny_unknown_fields`, defaults) →
+//! [`Config::validate`] → typed [`Config`], before any port is bound or file opened.
+//!
+//! This shape is a contract that later components extend; keep the key names. Each component
+//! owns its section's struct (`mllp::Config` for `kind = "mllp"` sources, `queue::Limits` for
+//! `[queue]`); this module assembles them and checks what crosses sections (tenant references,
+//! duplicate names and ports).
+//!
+//! Every error names the file, the key (as a dotted path such as `source[2].listen`) and the line,
+//! so an operator can go straight to it. Values from the file are not repeated in messages
+//! beyond what identifies the key: a config holds no patient data, but may hold secrets paths.
+//!
+//! Sizes and durations are strings with units: `"8MiB"`, `"512KiB"`, `"30s"`, `"1h 30m"`
+//! (humantime). Bare integers with an implied unit are refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{mllp, queue};
+
+/// The default configuration file, shipped as `config/caregate.toml` and printed by
+/// `caregate print-config`.
+pub const DEFAULT_TOML: &str = include_str!("../config/caregate.toml");
+
+/// Default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/caregate/caregate.toml";
+
+/// A configuration problem, located in the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {key}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct Error {
+    /// The file that was read.
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `source[0].listen` (`<file>` for whole-file problems).
+    pub key: String,
+    /// 1-based line of the key, when it can be located.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file came from (for reload and messages).
+    pub path: PathBuf,
+    /// State directory: the queue database lives here.
+    pub data_dir: PathBuf,
+    /// Admin HTTP listener (/livez, /readyz, /metrics).
+    pub admin: Admin,
+    /// Queue limits and retention.
+    pub queue: queue::Limits,
+    /// How long a graceful shutdown may take before the process exits anyway.
+    pub shutdown_timeout: Duration,
+    /// Organizations served by this box.
+    pub tenants: Vec<Tenant>,
+    /// Where messages come from.
+    pub sources: Vec<Source>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Address of the admin HTTP listener.
+    pub listen: SocketAddr,
+}
+
+/// One `[[tenant]]`: an organization whose data never mixes with another's.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    /// Short id used in keys, metrics labels and upstream requests.
+    pub id: String,
+    /// IANA zone of the facility (HL7 times without an offset are read in it).
+    pub timezone: Option<String>,
+    /// HL7 assigning authority (CX-4) → identifier system URI.
+    pub identifier_systems: BTreeMap<String, String>,
+}
+
+/// One `[[source]]`.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Configured name, unique; used in logs, metrics and queue keys.
+    pub name: String,
+    /// Tenant this source's messages belong to.
+    pub tenant: String,
+    /// Overrides the tenant's time zone.
+    pub timezone: Option<String>,
+    /// Kind-specific settings.
+    pub kind: SourceKind,
+}
+
+/// The closed set of source kinds; `app` has the one `match` that starts them.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// HL7 v2 over MLLP (TCP or TLS).
+    Mllp(mllp::Config),
+}
+
+impl SourceKind {
+    /// The `kind = "..."` string.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SourceKind::Mllp(_) => "mllp",
+        }
+    }
+}
+
+// === raw (file) form ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: PathBuf,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    queue: queue::RawLimits,
+    #[serde(default = "default_shutdown_timeout")]
+    shutdown_timeout: HumanDuration,
+    #[serde(default, rename = "tenant")]
+    tenants: Vec<RawTenant>,
+    #[serde(default, rename = "source")]
+    sources: RawSources,
+}
+
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(20))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9100".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: String,
+    timezone: Option<String>,
+    #[serde(default)]
+    identifier_systems: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+enum RawSource {
+    Mllp(mllp::RawConfig),
+}
+
+/// The source kinds this build knows, as written in `kind = "..."`.
+pub const SOURCE_KINDS: &[&str] = &["mllp"];
+
+// `[[source]]` is a tagged union, but serde's internally tagged enums buffer the table and lose
+// the spans that give precise line numbers. So the file is read twice: a first pass collects
+// each source's `kind`, the second deserializes each source straight into its kind's struct
+// (spans intact), choosing the struct by position from this list.
+thread_local! {
+    static SOURCE_KIND_PLAN: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[derive(Deserialize)]
+struct KindProbe {
+    #[serde(default, rename = "source")]
+    sources: Vec<ProbeSource>,
+}
+
+#[derive(Deserialize)]
+struct ProbeSource {
+    kind: Option<toml::Spanned<String>>,
+}
+
+#[derive(Debug, Default)]
+struct RawSources(Vec<RawSource>);
+
+impl<'de> Deserialize<'de> for RawSources {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawSources;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of [[source]] tables")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawSources, A::Error> {
+                let plan = SOURCE_KIND_PLAN.with(|p| p.borrow().clone());
+                let mut out = Vec::new();
+                loop {
+                    let kind = plan.get(out.len()).map(String::as_str).unwrap_or("mllp");
+                    let next = match kind {
+                        "mllp" => seq.next_element::<mllp::RawConfig>()?.map(RawSource::Mllp),
+                        other => {
+                            return Err(serde::de::Error::unknown_variant(other, SOURCE_KINDS));
+                        }
+                    };
+                    match next {
+                        Some(s) => out.push(s),
+                        None => return Ok(RawSources(out)),
+                    }
+                }
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// A size with a unit: `"8MiB"`, `"512 KiB"`, `"1GB"`, `"100B"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ByteSize::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl ByteSize {
+    /// Parses `<number><unit>` with units B, KB, MB, GB (10^3) and KiB, MiB, GiB (2^10).
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("size {s:?} needs a unit (B, KiB, MiB, GiB, KB, MB, GB)"))?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("size {s:?} does not start with a whole number"))?;
+        let mult: u64 = match unit.trim() {
+            "B" => 1,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+/// A duration with units, humantime syntax: `"30s"`, `"5m"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("duration {s:?}: {e} (use units: \"30s\", \"5m\", \"1h\")")))
+    }
+}
+
+// === loading ===
+
+impl Config {
+    /// Reads and validates a file. Opens nothing but the file itself.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error {
+            file: path.to_owned(),
+            key: "<file>".to_owned(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::from_toml(path, &text)
+    }
+
+    /// Parses and validates configuration text; `path` is used for messages and relative paths.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, Error> {
+        let serde_error = |e: toml::de::Error| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            let key = key_at(text, e.span().map(|s| s.start)).unwrap_or_else(|| "<file>".to_owned());
+            Error {
+                file: path.to_owned(),
+                key,
+                line,
+                message: e.message().trim().to_owned(),
+            }
+        };
+        let probe: KindProbe = toml::from_str(text).map_err(serde_error)?;
+        let mut plan = Vec::with_capacity(probe.sources.len());
+        for (i, s) in probe.sources.into_iter().enumerate() {
+            let key = format!("source[{i}].kind");
+            match s.kind {
+                None => {
+                    return Err(Error {
+                        file: path.to_owned(),
+                        line: locate(text, &format!("source[{i}]")),
+                        key,
+                        message: format!("missing; one of {}", SOURCE_KINDS.join(", ")),
+                    });
+                }
+                Some(k) if !SOURCE_KINDS.contains(&k.get_ref().as_str()) => {
+                    return Err(Error {
+                        file: path.to_owned(),
+                        line: Some(line_of(text, k.span().start)),
+                        key,
+                        message: format!("unknown source kind; one of {}", SOURCE_KINDS.join(", ")),
+                    });
+                }
+                Some(k) => plan.push(k.into_inner()),
+            }
+        }
+        SOURCE_KIND_PLAN.with(|p| *p.borrow_mut() = plan);
+        let raw: Result<RawConfig, _> = toml::from_str(text);
+        SOURCE_KIND_PLAN.with(|p| p.borrow_mut().clear());
+        let raw = raw.map_err(serde_error)?;
+        let mut problems = Vec::new();
+        let config = validate(path, raw, &mut problems);
+        match problems.into_iter().next() {
+            None => config.ok_or_else(|| Error {
+                file: path.to_owned(),
+                key: "<file>".to_owned(),
+                line: None,
+                message: "invalid configuration".to_owned(),
+            }),
+            Some((key, message)) => Err(Error {
+                file: path.to_owned(),
+                line: locate(text, &key),
+                key,
+                message,
+            }),
+        }
+    }
+
+    /// The tenant with this id.
+    pub fn tenant(&self, id: &str) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| t.id == id)
+    }
+}
+
+/// Cross-field validation. Problems are `(dotted key, message)`; the first one is reported.
+fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -> Option<Config> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let admin_listen = match raw.admin.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push((
+                "admin.listen".into(),
+                "not a socket address (expected e.g. \"127.0.0.1:9100\")".into(),
+            ));
+            None
+        }
+    };
+    let queue = match raw.queue.validate() {
+        Ok(q) => Some(q),
+        Err((k, m)) => {
+            problems.push((format!("queue.{k}"), m));
+            None
+        }
+    };
+    if raw.shutdown_timeout.0.is_zero() {
+        problems.push(("shutdown_timeout".into(), "must be greater than zero".into()));
+    }
+
+    let mut tenants = Vec::new();
+    let mut tenant_ids = BTreeSet::new();
+    if raw.tenants.is_empty() {
+        problems.push(("tenant".into(), "at least one [[tenant]] is required".into()));
+    }
+    for (i, t) in raw.tenants.into_iter().enumerate() {
+        if !valid_id(&t.id) {
+            problems.push((
+                format!("tenant[{i}].id"),
+                "must be 1-64 characters of a-z, 0-9, '-' or '_'".into(),
+            ));
+        }
+        if !tenant_ids.insert(t.id.clone()) {
+            problems.push((format!("tenant[{i}].id"), "duplicate tenant id".into()));
+        }
+        if let Some(tz) = &t.timezone {
+            if jiff::tz::TimeZone::get(tz).is_err() {
+                problems.push((format!("tenant[{i}].timezone"), "unknown IANA time zone".into()));
+            }
+        }
+        tenants.push(Tenant {
+            id: t.id,
+            timezone: t.timezone,
+            identifier_systems: t.identifier_systems,
+        });
+    }
+
+    let mut sources = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut listens: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+    for (i, s) in raw.sources.0.into_iter().enumerate() {
+        match s {
+            RawSource::Mllp(m) => {
+                let name = m.name.clone();
+                let tenant = m.tenant.clone();
+                let timezone = m.timezone.clone();
+                if !valid_id(&name) {
+                    problems.push((
+                        format!("source[{i}].name"),
+                        "must be 1-64 characters of a-z, 0-9, '-' or '_'".into(),
+                    ));
+                }
+                if !names.insert(name.clone()) {
+                    problems.push((format!("source[{i}].name"), "duplicate source name".into()));
+                }
+                if !tenant_ids.contains(&tenant) {
+                    problems.push((
+                        format!("source[{i}].tenant"),
+                        "names no [[tenant]] id of this file".into(),
+                    ));
+                }
+                if let Some(tz) = &timezone {
+                    if jiff::tz::TimeZone::get(tz).is_err() {
+                        problems.push((format!("source[{i}].timezone"), "unknown IANA time zone".into()));
+                    }
+                }
+                match m.validate(base) {
+                    Ok(cfg) => {
+                        if let Some(prev) = listens.insert(cfg.listen, i) {
+                            problems.push((
+                                format!("source[{i}].listen"),
+                                format!("same address as source[{prev}]"),
+                            ));
+                        }
+                        sources.push(Source {
+                            name,
+                            tenant,
+                            timezone,
+                            kind: SourceKind::Mllp(cfg),
+                        });
+                    }
+                    Err((k, msg)) => problems.push((format!("source[{i}].{k}"), msg)),
+                }
+            }
+        }
+    }
+    if let Some(a) = admin_listen {
+        if let Some(i) = listens.get(&a) {
+            problems.push(("admin.listen".into(), format!("same address as source[{i}]")));
+        }
+    }
+    Some(Config {
+        path: path.to_owned(),
+        data_dir: if raw.data_dir.is_absolute() {
+            raw.data_dir
+        } else {
+            base.join(raw.data_dir)
+        },
+        admin: Admin {
+            listen: admin_listen?,
+        },
+        queue: queue?,
+        shutdown_timeout: raw.shutdown_timeout.0,
+        tenants,
+        sources,
+    })
+}
+
+/// Ids used in keys, labels and URLs: short, lowercase, no separators of our key layout.
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Resolves a config-relative path (relative paths are relative to the config file's folder).
+pub fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+// === locating keys in the text ===
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Finds the line of a dotted key path like `source[1].tls.cert` by walking the parsed document
+/// with spans. Falls back to the nearest enclosing table that exists.
+fn locate(text: &str, key: &str) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut best: Option<usize> = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let (k, v) = table.get_key_value(name)?;
+        best = Some(k.span().start);
+        let mut value = v;
+        if let Some(i) = index {
+            match value.get_ref() {
+                toml::de::DeValue::Array(items) => {
+                    value = items.get(i)?;
+                    best = Some(value.span().start);
+                }
+                _ => break,
+            }
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    best.map(|o| line_of(text, o))
+}
+
+/// For serde errors: the dotted path of the innermost key whose key or value span contains
+/// `offset` (depth-first: `[source.tls]` tables sit far from their `[[source]]` header).
+fn key_at(text: &str, offset: Option<usize>) -> Option<String> {
+    fn contains(span: std::ops::Range<usize>, offset: usize) -> bool {
+        span.start <= offset && offset < span.end.max(span.start + 1)
+    }
+    fn search(table: &toml::de::DeTable<'_>, offset: usize) -> Option<String> {
+        for (k, v) in table.iter() {
+            let name = k.get_ref().to_string();
+            match v.get_ref() {
+                toml::de::DeValue::Table(t) => {
+                    if let Some(inner) = search(t, offset) {
+                        return Some(format!("{name}.{inner}"));
+                    }
+                }
+                toml::de::DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let toml::de::DeValue::Table(t) = item.get_ref() {
+                            if let Some(inner) = search(t, offset) {
+                                return Some(format!("{name}[{i}].{inner}"));
+                            }
+                            if contains(item.span(), offset) {
+                                return Some(format!("{name}[{i}]"));
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if contains(k.span(), offset) || contains(v.span(), offset) {
+                return Some(name);
+            }
+        }
+        None
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    search(doc.get_ref(), offset?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, Error> {
+        Config::from_toml(Path::new("/etc/caregate/test.toml"), text)
+    }
+
+    const MINIMAL: &str = r#"
+data_dir = "/var/lib/caregate"
+[[tenant]]
+id = "north"
+[[source]]
+name = "lab-lis"
+tenant = "north"
+kind = "mllp"
+listen = "127.0.0.1:2575"
+"#;
+
+    #[test]
+    fn minimal_config_validates_with_defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(c.sources.len(), 1);
+        let SourceKind::Mllp(m) = &c.sources[0].kind;
+        assert_eq!(m.max_frame, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn shipped_default_config_validates() {
+        load(DEFAULT_TOML).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_line() {
+        let text = MINIMAL.replace("listen = \"127.0.0.1:2575\"", "listen = \"127.0.0.1:2575\"\nlisten_port = 3");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.line, Some(10), "{e}");
+        assert!(e.message.contains("listen_port"), "{e}");
+        assert!(e.to_string().starts_with("/etc/caregate/test.toml:10: "), "{e}");
+    }
+
+    #[test]
+    fn unknown_tenant_reference_names_key_and_line() {
+        let text = MINIMAL.replace("tenant = \"north\"", "tenant = \"south\"");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.key, "source[0].tenant");
+        assert_eq!(e.line, Some(7));
+    }
+
+    #[test]
+    fn bad_listen_address_names_key_and_line() {
+        let text = MINIMAL.replace("127.0.0.1:2575", "localhost");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.key, "source[0].listen");
+        assert_eq!(e.line, Some(9));
+    }
+
+    #[test]
+    fn bare_integer_size_is_refused() {
+        let text = format!("{MINIMAL}max_frame = 1000\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.line, Some(10), "{e}");
+    }
+
+    #[test]
+    fn size_units_parse() {
+        assert_eq!(ByteSize::parse("8MiB").unwrap().0, 8 << 20);
+        assert_eq!(ByteSize::parse("512 KiB").unwrap().0, 512 << 10);
+        assert_eq!(ByteSize::parse("2GB").unwrap().0, 2_000_000_000);
+        assert!(ByteSize::parse("12").is_err());
+        assert!(ByteSize::parse("1XB").is_err());
+        assert!(ByteSize::parse("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn duplicate_source_names_and_ports_are_refused() {
+        let text = format!(
+            "{MINIMAL}[[source]]\nname = \"lab-lis\"\ntenant = \"north\"\nkind = \"mllp\"\nlisten = \"127.0.0.1:2576\"\n"
+        );
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.key, "source[1].name");
+        assert_eq!(e.line, Some(11));
+        let text = format!(
+            "{MINIMAL}[[source]]\nname = \"lab-2\"\ntenant = \"north\"\nkind = \"mllp\"\nlisten = \"127.0.0.1:2575\"\n"
+        );
+        assert_eq!(load(&text).unwrap_err().key, "source[1].listen");
+    }
+
+    #[test]
+    fn unknown_or_missing_source_kind_is_refused_with_its_line() {
+        let e = load(&MINIMAL.replace("kind = \"mllp\"", "kind = \"smtp\"")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("source[0].kind", Some(8)), "{e}");
+        let e = load(&MINIMAL.replace("kind = \"mllp\"\n", "")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("source[0].kind", Some(5)), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_in_a_nested_table_names_its_line() {
+        let text = format!("{MINIMAL}[source.tls]\ncert = 5\nkey = \"k\"\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.line, Some(11), "{e}");
+        assert!(e.key.contains("tls"), "{e}");
+    }
+
+    #[test]
+    fn unknown_timezone_is_refused() {
+        let text = MINIMAL.replace("id = \"north\"", "id = \"north\"\ntimezone = \"Mars/Olympus\"");
+        assert_eq!(load(&text).unwrap_err().key, "tenant[0].timezone");
+    }
+}

@@ -1,0 +1,1056 @@
+//! The durable queue: every message is here, committed with `fdatasync`, before any sender is
+//! acknowledged. Backed by redb (a copy-on-write B-tree with checksummed commit slots; see
+//! dependencies.md for why not sled).
+//!
+//! # Durability argument
+//!
+//! A push returns `Ok` only after the redb write transaction holding the envelope committed with
+//! `Durability::Immediate`, which returns after `fdatasync` of the data and of the commit slot.
+//! redb never overwrites live pages: a crash or power loss at any point leaves either the previous
+//! commit or the new one, never a mix. So: an ACK implies the envelope survives a crash; an
+//! envelope whose commit did not return may or may not be there, and its sender was not
+//! acknowledged, so it will resend (and the resend is de-duplicated if the first copy landed).
+//!
+//! # Group commit
+//!
+//! One writer thread owns all write transactions. It takes the first pending command, drains
+//! whatever else is pending from all connections (up to [`MAX_GROUP`]), applies them in one
+//! transaction, commits once, then answers every caller. One fsync thus serves many senders;
+//! with one connection the rate is bounded by fsync latency. If the commit fails, every caller in
+//! the group gets an error (nothing half-stored: the transaction is discarded) and the senders
+//! get AR. After an I/O error redb refuses further writes until reopened, so the writer reopens
+//! the database (with backoff) before the next group.
+//!
+//! # Tables and keys (all keys namespaced by tenant)
+//!
+//! | table       | key                                   | value                      |
+//! |-------------|---------------------------------------|----------------------------|
+//! | `envelopes` | (tenant, id)                          | encoded [`Envelope`]       |
+//! | `ready`     | (tenant, lane, source, id)            | ()                         |
+//! | `parked`    | (tenant, id)                          | state byte + reason (UTF-8)|
+//! | `rejected`  | (tenant, id)                          | encoded envelope + reason  |
+//! | `dedup`     | (tenant, source, sender `|` MSH-10)   | (id, received µs)          |
+//! | `dedup_age` | (received µs, id)                     | dedup key, encoded         |
+//! | `meta`      | name                                  | u64 counter                |
+//!
+//! - `ready` orders forwardable envelopes: critical lane first, then per source by id, which is
+//!   arrival order: per-source FIFO.
+//! - `parked` holds envelopes that are stored but not forwardable: dead letters (kept with the
+//!   upstream's reason, replayable) and held ones (consent withdrawn). An envelope is in exactly
+//!   one of `ready` or `parked`.
+//! - `rejected` keeps malformed input for inspection; it is never forwarded.
+//! - `dedup` answers a sender's resend (same MSH-3, MSH-4, MSH-10 on the same source) with the
+//!   first copy's id instead of storing it twice. Entries expire after `dedup_window`;
+//!   `dedup_age` lets expiry run in key order instead of scanning.
+//! - `meta` keeps `next_id`, `messages` and `bytes` in the same transactions as the data, so the
+//!   limits are known at open without a scan.
+//!
+//! # Leases
+//!
+//! The consumer leases envelopes; leases live in memory only. A crash therefore returns every
+//! leased envelope to the queue by construction (the next process sees them in `ready`), which
+//! is the at-least-once half; the idempotent ids of the conversion are the other half. While a
+//! source has leased envelopes, no later envelope of that source is leased (strict FIFO).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{ByteSize, HumanDuration};
+use crate::envelope::{Envelope, Kind, Lane, Meta};
+use crate::metrics::Metrics;
+
+const ENVELOPES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("envelopes");
+const READY: TableDefinition<(&str, u8, &str, u64), ()> = TableDefinition::new("ready");
+const PARKED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("parked");
+const REJECTED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("rejected");
+const DEDUP: TableDefinition<(&str, &str, &str), (u64, i64)> = TableDefinition::new("dedup");
+const DEDUP_AGE: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("dedup_age");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Most commands applied in one transaction.
+pub const MAX_GROUP: usize = 1024;
+/// Most payload bytes applied in one transaction.
+const MAX_GROUP_BYTES: usize = 32 << 20;
+
+/// Queue errors. None of them carries message content.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configured message or byte limit would be exceeded.
+    #[error("queue full ({messages} messages, {bytes} bytes stored)")]
+    Full {
+        /// Messages stored.
+        messages: u64,
+        /// Bytes stored.
+        bytes: u64,
+    },
+    /// The database could not be opened.
+    #[error("opening the queue database")]
+    Open(#[source] redb::DatabaseError),
+    /// A read or write failed; nothing of the failed group was stored.
+    #[error("queue storage: {0}")]
+    Storage(String),
+    /// The writer has stopped (shutdown).
+    #[error("queue writer stopped")]
+    Closed,
+    /// No envelope with that id in the expected state.
+    #[error("no envelope {id} in tenant {tenant} in the expected state")]
+    NotFound {
+        /// Tenant.
+        tenant: String,
+        /// Envelope id.
+        id: u64,
+    },
+    /// A stored envelope could not be decoded.
+    #[error("stored envelope {id}: {source}")]
+    Corrupt {
+        /// Envelope id.
+        id: u64,
+        /// Why.
+        source: crate::envelope::Error,
+    },
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> Error {
+    Error::Storage(e.to_string())
+}
+
+/// Validated `[queue]` settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most payload bytes stored (ready + parked + rejected).
+    pub max_bytes: u64,
+    /// Most envelopes stored.
+    pub max_messages: u64,
+    /// How long a sender's resend of the same control id is recognised.
+    pub dedup_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 2 << 30,
+            max_messages: 2_000_000,
+            dedup_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// File form of `[queue]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    max_bytes: Option<ByteSize>,
+    max_messages: Option<u64>,
+    dedup_window: Option<HumanDuration>,
+}
+
+impl RawLimits {
+    pub(crate) fn validate(self) -> Result<Limits, (String, String)> {
+        let d = Limits::default();
+        let l = Limits {
+            max_bytes: self.max_bytes.map_or(d.max_bytes, |b| b.0),
+            max_messages: self.max_messages.unwrap_or(d.max_messages),
+            dedup_window: self.dedup_window.map_or(d.dedup_window, |w| w.0),
+        };
+        if l.max_bytes < 1 << 20 {
+            return Err(("max_bytes".into(), "must be at least 1MiB".into()));
+        }
+        if l.max_messages == 0 {
+            return Err(("max_messages".into(), "must be at least 1".into()));
+        }
+        Ok(l)
+    }
+}
+
+/// A message to store.
+#[derive(Debug, Clone)]
+pub struct NewEnvelope {
+    /// Tenant.
+    pub tenant: String,
+    /// Source name.
+    pub source: String,
+    /// Receipt time, µs since the epoch.
+    pub received_at_us: i64,
+    /// Remote peer.
+    pub peer: String,
+    /// Payload kind.
+    pub kind: Kind,
+    /// Lane.
+    pub lane: Lane,
+    /// Header metadata.
+    pub meta: Meta,
+    /// Raw bytes.
+    pub payload: bytes::Bytes,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// The envelope id (of the first copy, for a duplicate).
+    pub id: u64,
+    /// The same sender/control id was already stored: nothing new was written.
+    pub duplicate: bool,
+}
+
+/// Why an envelope is parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Parked {
+    /// Rejected by the upstream or the converter; replayable.
+    DeadLetter = 1,
+    /// Held (e.g. consent withdrawn); released in order later.
+    Held = 2,
+}
+
+enum Command {
+    Push {
+        items: Vec<NewEnvelope>,
+        reply: oneshot::Sender<Result<Vec<Pushed>, Error>>,
+    },
+    Reject {
+        item: NewEnvelope,
+        reason: String,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
+    Ack {
+        tenant: String,
+        ids: Vec<u64>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Park {
+        tenant: String,
+        id: u64,
+        state: Parked,
+        reason: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Unpark {
+        tenant: String,
+        id: u64,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+}
+
+impl Command {
+    fn payload_len(&self) -> usize {
+        match self {
+            Command::Push { items, .. } => items.iter().map(|i| i.payload.len()).sum(),
+            Command::Reject { item, .. } => item.payload.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// Opens the redb database; called again to reopen after an I/O error.
+pub type Opener = Arc<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    messages: u64,
+    bytes: u64,
+    next_id: u64,
+}
+
+struct Inner {
+    db: RwLock<Arc<Database>>,
+    opener: Opener,
+    limits: Limits,
+    durable: bool,
+    totals: Mutex<Totals>,
+    leased: Mutex<HashSet<u64>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A handle to the queue; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<Command>,
+}
+
+/// Counts for `caregate queue stats`.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Envelopes stored (ready, leased and parked; rejected excluded).
+    pub total_messages: u64,
+    /// Their payload bytes.
+    pub total_bytes: u64,
+    /// Age of the oldest stored envelope, seconds.
+    pub oldest_age_seconds: Option<u64>,
+    /// Rejected (malformed) messages kept for inspection.
+    pub rejected: u64,
+    /// Per tenant.
+    pub tenants: Vec<Group>,
+    /// Per tenant and source.
+    pub sources: Vec<Group>,
+}
+
+/// One line of [`Stats`].
+#[derive(Debug, Default, Serialize, PartialEq, Eq, Clone)]
+pub struct Group {
+    /// Tenant id.
+    pub tenant: String,
+    /// Source name (absent for tenant lines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Envelopes stored.
+    pub messages: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Of which ready to forward.
+    pub ready: u64,
+    /// Of which dead letters.
+    pub dead_letters: u64,
+    /// Of which held.
+    pub held: u64,
+    /// Rejected (malformed) messages kept.
+    pub rejected: u64,
+    /// Age of the oldest envelope, seconds.
+    pub oldest_age_seconds: Option<u64>,
+    #[serde(skip)]
+    oldest_us: Option<i64>,
+}
+
+impl Queue {
+    /// Opens (creating if needed) `dir/queue.redb` and starts the writer thread.
+    pub fn open(dir: &Path, limits: Limits, metrics: Arc<Metrics>) -> Result<Queue, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Storage(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join("queue.redb");
+        let opener: Opener = Arc::new(move || {
+            // SingleWriter lets `caregate queue stats` read while the daemon writes.
+            Database::builder()
+                .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+                .create(&path)
+        });
+        Queue::open_with(opener, limits, true, metrics)
+    }
+
+    /// Opens with a custom opener (tests inject a failing storage backend this way). With
+    /// `durable = false` commits skip the fsync: only for measuring what durability costs.
+    pub fn open_with(opener: Opener, limits: Limits, durable: bool, metrics: Arc<Metrics>) -> Result<Queue, Error> {
+        let db = opener().map_err(Error::Open)?;
+        let totals = init(&db)?;
+        let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
+        let inner = Arc::new(Inner {
+            db: RwLock::new(Arc::new(db)),
+            opener,
+            limits,
+            durable,
+            totals: Mutex::new(totals),
+            leased: Mutex::new(HashSet::new()),
+            metrics,
+        });
+        inner.publish_gauges();
+        let writer = inner.clone();
+        std::thread::Builder::new()
+            .name("queue-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::Storage(format!("starting the writer thread: {e}")))?;
+        Ok(Queue { inner, tx })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command) -> Result<T, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| Error::Closed)?;
+        // A dropped reply means the writer abandoned the group on an error: nothing was committed.
+        rx.await
+            .map_err(|_| Error::Storage("the write was not committed".to_owned()))?
+    }
+
+    /// Stores one envelope durably. Returns after the commit (or after finding a stored copy).
+    pub async fn push(&self, item: NewEnvelope) -> Result<Pushed, Error> {
+        let mut v = self.push_all(vec![item]).await?;
+        v.pop().ok_or(Error::Closed)
+    }
+
+    /// Stores several envelopes atomically (a batch): all or none.
+    pub async fn push_all(&self, items: Vec<NewEnvelope>) -> Result<Vec<Pushed>, Error> {
+        self.call(|reply| Command::Push { items, reply }).await
+    }
+
+    /// Keeps a malformed message in the rejected area (never forwarded).
+    pub async fn reject(&self, item: NewEnvelope, reason: String) -> Result<u64, Error> {
+        self.call(|reply| Command::Reject { item, reason, reply }).await
+    }
+
+    /// Removes delivered envelopes and ends their leases.
+    pub async fn ack(&self, tenant: &str, ids: Vec<u64>) -> Result<(), Error> {
+        let tenant = tenant.to_owned();
+        let done = ids.clone();
+        let r = self.call(|reply| Command::Ack { tenant, ids, reply }).await;
+        self.release(&done);
+        r
+    }
+
+    /// Moves an envelope out of the ready index (dead letter or hold), keeping it stored.
+    pub async fn park(&self, tenant: &str, id: u64, state: Parked, reason: String) -> Result<(), Error> {
+        let tenant = tenant.to_owned();
+        let r = self
+            .call(|reply| Command::Park {
+                tenant,
+                id,
+                state,
+                reason,
+                reply,
+            })
+            .await;
+        self.release(&[id]);
+        r
+    }
+
+    /// Returns a parked envelope to the ready index (replay, release of a hold).
+    pub async fn unpark(&self, tenant: &str, id: u64) -> Result<(), Error> {
+        let tenant = tenant.to_owned();
+        self.call(|reply| Command::Unpark { tenant, id, reply }).await
+    }
+
+    /// Leases up to `max` ready envelopes of `tenant`, critical lane first, per-source FIFO:
+    /// a source with envelopes already leased contributes none.
+    pub fn lease(&self, tenant: &str, max: usize) -> Result<Vec<Envelope>, Error> {
+        let db = self.inner.db();
+        let txn = db.begin_read().map_err(storage)?;
+        let ready = txn.open_table(READY).map_err(storage)?;
+        let envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
+        let mut leased = self.inner.leased.lock().unwrap_or_else(|p| p.into_inner());
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        let range = ready
+            .range((tenant, 0u8, "", 0u64)..=(tenant, u8::MAX, "\u{10FFFF}", u64::MAX))
+            .map_err(storage)?;
+        let mut picked_sources: HashSet<String> = HashSet::new();
+        for entry in range {
+            if out.len() >= max {
+                break;
+            }
+            let (key, _) = entry.map_err(storage)?;
+            let (_, _, source, id) = key.value();
+            if blocked.contains(source) {
+                continue;
+            }
+            if leased.contains(&id) {
+                // An earlier envelope of this source is in flight: keep FIFO.
+                if !picked_sources.contains(source) {
+                    blocked.insert(source.to_owned());
+                }
+                continue;
+            }
+            let Some(bytes) = envelopes.get((tenant, id)).map_err(storage)? else {
+                continue;
+            };
+            let env = Envelope::decode(bytes.value()).map_err(|source| Error::Corrupt { id, source })?;
+            picked_sources.insert(source.to_owned());
+            out.push(env);
+        }
+        for e in &out {
+            leased.insert(e.id);
+        }
+        Ok(out)
+    }
+
+    /// Ends leases without acknowledging (retry later).
+    pub fn release(&self, ids: &[u64]) {
+        let mut leased = self.inner.leased.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            leased.remove(id);
+        }
+    }
+
+    /// Reads one stored envelope.
+    pub fn get(&self, tenant: &str, id: u64) -> Result<Option<Envelope>, Error> {
+        let db = self.inner.db();
+        let txn = db.begin_read().map_err(storage)?;
+        let t = txn.open_table(ENVELOPES).map_err(storage)?;
+        match t.get((tenant, id)).map_err(storage)? {
+            None => Ok(None),
+            Some(b) => Envelope::decode(b.value())
+                .map(Some)
+                .map_err(|source| Error::Corrupt { id, source }),
+        }
+    }
+
+    /// All stored envelopes of a tenant in id order (tests and tools; not for the hot path).
+    pub fn scan(&self, tenant: &str) -> Result<Vec<Envelope>, Error> {
+        let db = self.inner.db();
+        let txn = db.begin_read().map_err(storage)?;
+        let t = txn.open_table(ENVELOPES).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t.range((tenant, 0u64)..=(tenant, u64::MAX)).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let id = k.value().1;
+            out.push(Envelope::decode(v.value()).map_err(|source| Error::Corrupt { id, source })?);
+        }
+        Ok(out)
+    }
+
+    /// Rejected messages of a tenant: (id, reason, envelope).
+    pub fn rejected(&self, tenant: &str) -> Result<Vec<(u64, String, Envelope)>, Error> {
+        let db = self.inner.db();
+        let txn = db.begin_read().map_err(storage)?;
+        let t = txn.open_table(REJECTED).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t.range((tenant, 0u64)..=(tenant, u64::MAX)).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let id = k.value().1;
+            let (reason, env) = split_rejected(v.value()).ok_or(Error::Corrupt {
+                id,
+                source: crate::envelope::Error::Corrupt(0),
+            })?;
+            out.push((id, reason, env));
+        }
+        Ok(out)
+    }
+
+    /// Counts per tenant and source (a full scan: for the CLI and status, not the hot path).
+    pub fn stats(&self, now_us: i64) -> Result<Stats, Error> {
+        stats_of(&*self.inner.db(), now_us)
+    }
+
+    /// Messages and bytes currently stored (from memory; no I/O).
+    pub fn depth(&self) -> (u64, u64) {
+        let t = self.inner.totals();
+        (t.messages, t.bytes)
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let age = |a: Option<u64>| a.map_or("-".to_owned(), |s| format!("{s}s"));
+        writeln!(
+            f,
+            "total: {} messages, {} bytes, oldest {}, {} rejected kept",
+            self.total_messages,
+            self.total_bytes,
+            age(self.oldest_age_seconds),
+            self.rejected
+        )?;
+        writeln!(
+            f,
+            "{:<16} {:<20} {:>10} {:>12} {:>8} {:>6} {:>6} {:>8} {:>8}",
+            "TENANT", "SOURCE", "MESSAGES", "BYTES", "READY", "DEAD", "HELD", "REJECTED", "OLDEST"
+        )?;
+        for g in self.tenants.iter().chain(&self.sources) {
+            writeln!(
+                f,
+                "{:<16} {:<20} {:>10} {:>12} {:>8} {:>6} {:>6} {:>8} {:>8}",
+                g.tenant,
+                g.source.as_deref().unwrap_or("*"),
+                g.messages,
+                g.bytes,
+                g.ready,
+                g.dead_letters,
+                g.held,
+                g.rejected,
+                age(g.oldest_age_seconds)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Stats of the queue in `dir`, opened read-only: works while the daemon runs.
+pub fn read_stats(dir: &Path, now_us: i64) -> Result<Stats, Error> {
+    let path = dir.join("queue.redb");
+    if !path.exists() {
+        return Err(Error::Storage(format!("no queue database at {}", path.display())));
+    }
+    let db = Database::builder()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .open_read_only(&path)
+        .map_err(Error::Open)?;
+    stats_of(&db, now_us)
+}
+
+fn stats_of<D: ReadableDatabase>(db: &D, now_us: i64) -> Result<Stats, Error> {
+    {
+        let txn = db.begin_read().map_err(storage)?;
+        let envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
+        let ready = txn.open_table(READY).map_err(storage)?;
+        let parked = txn.open_table(PARKED).map_err(storage)?;
+        let rejected = txn.open_table(REJECTED).map_err(storage)?;
+        let mut ready_ids = HashSet::new();
+        for e in ready.iter().map_err(storage)? {
+            let (k, _) = e.map_err(storage)?;
+            ready_ids.insert(k.value().3);
+        }
+        let mut parked_state = BTreeMap::new();
+        for e in parked.iter().map_err(storage)? {
+            let (k, v) = e.map_err(storage)?;
+            parked_state.insert(k.value().1, v.value().first().copied().unwrap_or(0));
+        }
+        let mut tenants: BTreeMap<String, Group> = BTreeMap::new();
+        let mut sources: BTreeMap<(String, String), Group> = BTreeMap::new();
+        let mut stats = Stats::default();
+        for e in envelopes.iter().map_err(storage)? {
+            let (k, v) = e.map_err(storage)?;
+            let id = k.value().1;
+            let env = Envelope::decode(v.value()).map_err(|source| Error::Corrupt { id, source })?;
+            let bytes = env.payload.len() as u64;
+            stats.total_messages += 1;
+            stats.total_bytes += bytes;
+            let t = tenants.entry(env.tenant.clone()).or_insert_with(|| Group {
+                tenant: env.tenant.clone(),
+                ..Group::default()
+            });
+            let s = sources
+                .entry((env.tenant.clone(), env.source.clone()))
+                .or_insert_with(|| Group {
+                    tenant: env.tenant.clone(),
+                    source: Some(env.source.clone()),
+                    ..Group::default()
+                });
+            for g in [t, s] {
+                g.messages += 1;
+                g.bytes += bytes;
+                if ready_ids.contains(&id) {
+                    g.ready += 1;
+                }
+                match parked_state.get(&id) {
+                    Some(1) => g.dead_letters += 1,
+                    Some(2) => g.held += 1,
+                    _ => {}
+                }
+                g.oldest_us = Some(g.oldest_us.map_or(env.received_at_us, |o| o.min(env.received_at_us)));
+            }
+        }
+        for e in rejected.iter().map_err(storage)? {
+            let (k, v) = e.map_err(storage)?;
+            stats.rejected += 1;
+            let tenant = k.value().0.to_owned();
+            let source = split_rejected(v.value()).map(|(_, env)| env.source);
+            tenants
+                .entry(tenant.clone())
+                .or_insert_with(|| Group {
+                    tenant: tenant.clone(),
+                    ..Group::default()
+                })
+                .rejected += 1;
+            if let Some(source) = source {
+                sources
+                    .entry((tenant.clone(), source.clone()))
+                    .or_insert_with(|| Group {
+                        tenant,
+                        source: Some(source),
+                        ..Group::default()
+                    })
+                    .rejected += 1;
+            }
+        }
+        let age = |us: Option<i64>| us.map(|o| (now_us.saturating_sub(o).max(0) / 1_000_000) as u64);
+        stats.tenants = tenants
+            .into_values()
+            .map(|mut g| {
+                g.oldest_age_seconds = age(g.oldest_us);
+                g
+            })
+            .collect();
+        stats.sources = sources
+            .into_values()
+            .map(|mut g| {
+                g.oldest_age_seconds = age(g.oldest_us);
+                g
+            })
+            .collect();
+        stats.oldest_age_seconds = stats.tenants.iter().filter_map(|g| g.oldest_age_seconds).max();
+        Ok(stats)
+    }
+}
+
+fn init(db: &Database) -> Result<Totals, Error> {
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        txn.open_table(ENVELOPES).map_err(storage)?;
+        txn.open_table(READY).map_err(storage)?;
+        txn.open_table(PARKED).map_err(storage)?;
+        txn.open_table(REJECTED).map_err(storage)?;
+        txn.open_table(DEDUP).map_err(storage)?;
+        txn.open_table(DEDUP_AGE).map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)?;
+    let txn = db.begin_read().map_err(storage)?;
+    let meta = txn.open_table(META).map_err(storage)?;
+    let get = |k: &str| -> Result<u64, Error> { Ok(meta.get(k).map_err(storage)?.map_or(0, |v| v.value())) };
+    Ok(Totals {
+        messages: get("messages")?,
+        bytes: get("bytes")?,
+        next_id: get("next_id")?.max(1),
+    })
+}
+
+fn rejected_value(env: &Envelope, reason: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(env.payload.len() + reason.len() + 80);
+    let r = reason.as_bytes();
+    let n = r.len().min(u16::MAX as usize);
+    v.extend_from_slice(&(n as u16).to_le_bytes());
+    v.extend_from_slice(&r[..n]);
+    env.encode(&mut v);
+    v
+}
+
+fn split_rejected(v: &[u8]) -> Option<(String, Envelope)> {
+    let n = u16::from_le_bytes(v.get(..2)?.try_into().ok()?) as usize;
+    let reason = String::from_utf8_lossy(v.get(2..2 + n)?).into_owned();
+    let env = Envelope::decode(v.get(2 + n..)?).ok()?;
+    Some((reason, env))
+}
+
+fn dedup_key(meta: &Meta) -> Option<String> {
+    (!meta.control_id.is_empty()).then(|| format!("{}|{}", meta.sender, meta.control_id))
+}
+
+// === the writer ===
+
+/// What a group's commands will reply once the commit is known.
+enum Pending {
+    Push(oneshot::Sender<Result<Vec<Pushed>, Error>>, Result<Vec<Pushed>, Error>),
+    Reject(oneshot::Sender<Result<u64, Error>>, Result<u64, Error>),
+    Unit(oneshot::Sender<Result<(), Error>>, Result<(), Error>),
+}
+
+impl Pending {
+    fn fail(self, e: &str) {
+        let err = || Error::Storage(e.to_owned());
+        match self {
+            Pending::Push(tx, _) => drop(tx.send(Err(err()))),
+            Pending::Reject(tx, _) => drop(tx.send(Err(err()))),
+            Pending::Unit(tx, _) => drop(tx.send(Err(err()))),
+        }
+    }
+    fn answer(self) {
+        match self {
+            Pending::Push(tx, r) => drop(tx.send(r)),
+            Pending::Reject(tx, r) => drop(tx.send(r)),
+            Pending::Unit(tx, r) => drop(tx.send(r)),
+        }
+    }
+}
+
+impl Inner {
+    fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn totals(&self) -> Totals {
+        *self.totals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish_gauges(&self) {
+        let t = self.totals();
+        self.metrics.queue_messages.set(t.messages as i64);
+        self.metrics.queue_bytes.set(t.bytes as i64);
+    }
+
+    fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Command>) {
+        let mut healthy = true;
+        let mut last_expiry = Instant::now();
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            let mut bytes = group[0].payload_len();
+            while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        bytes += c.payload_len();
+                        group.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !healthy {
+                healthy = self.reopen();
+                if !healthy {
+                    for c in group {
+                        self.fail_command(c, "storage unavailable (reopening after an I/O error)");
+                    }
+                    continue;
+                }
+            }
+            let expire = last_expiry.elapsed() > Duration::from_secs(60);
+            if expire {
+                last_expiry = Instant::now();
+            }
+            let started = Instant::now();
+            match self.apply(group, expire) {
+                Ok(()) => self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64()),
+                Err(e) => {
+                    self.metrics.commit_failures.inc();
+                    tracing::error!(error = %e, "queue commit failed; the group was answered with errors");
+                    healthy = false;
+                }
+            }
+        }
+    }
+
+    fn fail_command(&self, c: Command, why: &str) {
+        let err = || Error::Storage(why.to_owned());
+        match c {
+            Command::Push { reply, .. } => drop(reply.send(Err(err()))),
+            Command::Reject { reply, .. } => drop(reply.send(Err(err()))),
+            Command::Ack { reply, .. } | Command::Park { reply, .. } | Command::Unpark { reply, .. } => {
+                drop(reply.send(Err(err())))
+            }
+        }
+    }
+
+    /// Drops the failed database handle and opens it again (redb recovers from its last commit).
+    fn reopen(&self) -> bool {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // redb allows one open handle per file: swap in an empty in-memory placeholder so the
+        // failed handle is dropped (readers holding a clone release it within one call).
+        let Ok(placeholder) = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()) else {
+            return false;
+        };
+        drop(std::mem::replace(&mut *slot, Arc::new(placeholder)));
+        for attempt in 0..3u64 {
+            match (self.opener)() {
+                Ok(db) => match init(&db) {
+                    Ok(t) => {
+                        *slot = Arc::new(db);
+                        *self.totals.lock().unwrap_or_else(|p| p.into_inner()) = t;
+                        tracing::warn!(attempt, "queue database reopened after an I/O error");
+                        return true;
+                    }
+                    Err(e) => tracing::error!(error = %e, attempt, "queue database reopened but unusable"),
+                },
+                Err(e) => tracing::error!(error = %e, attempt, "reopening the queue database failed"),
+            }
+            std::thread::sleep(Duration::from_millis(50 * (attempt + 1)));
+        }
+        false
+    }
+
+    fn apply(&self, group: Vec<Command>, expire: bool) -> Result<(), Error> {
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(storage)?;
+        if !self.durable {
+            txn.set_durability(Durability::None).map_err(storage)?;
+        }
+        let mut totals = self.totals();
+        let mut replies = Vec::with_capacity(group.len());
+        {
+            let mut envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
+            let mut ready = txn.open_table(READY).map_err(storage)?;
+            let mut parked = txn.open_table(PARKED).map_err(storage)?;
+            let mut rejected = txn.open_table(REJECTED).map_err(storage)?;
+            let mut dedup = txn.open_table(DEDUP).map_err(storage)?;
+            let mut dedup_age = txn.open_table(DEDUP_AGE).map_err(storage)?;
+            let mut buf = Vec::new();
+            for c in group {
+                match c {
+                    Command::Push { items, reply } => {
+                        let new_bytes: u64 = items.iter().map(|i| i.payload.len() as u64).sum();
+                        if totals.messages + items.len() as u64 > self.limits.max_messages
+                            || totals.bytes + new_bytes > self.limits.max_bytes
+                        {
+                            let full = Error::Full {
+                                messages: totals.messages,
+                                bytes: totals.bytes,
+                            };
+                            replies.push(Pending::Push(reply, Err(full)));
+                            continue;
+                        }
+                        let mut out = Vec::with_capacity(items.len());
+                        for item in items {
+                            let key = dedup_key(&item.meta);
+                            if let Some(k) = &key {
+                                if let Some(hit) = dedup
+                                    .get((item.tenant.as_str(), item.source.as_str(), k.as_str()))
+                                    .map_err(storage)?
+                                {
+                                    out.push(Pushed {
+                                        id: hit.value().0,
+                                        duplicate: true,
+                                    });
+                                    continue;
+                                }
+                            }
+                            let id = totals.next_id;
+                            totals.next_id += 1;
+                            let env = Envelope {
+                                id,
+                                tenant: item.tenant,
+                                source: item.source,
+                                received_at_us: item.received_at_us,
+                                peer: item.peer,
+                                kind: item.kind,
+                                lane: item.lane,
+                                meta: item.meta,
+                                payload: item.payload,
+                            };
+                            buf.clear();
+                            env.encode(&mut buf);
+                            envelopes
+                                .insert((env.tenant.as_str(), id), buf.as_slice())
+                                .map_err(storage)?;
+                            ready
+                                .insert((env.tenant.as_str(), env.lane as u8, env.source.as_str(), id), ())
+                                .map_err(storage)?;
+                            if let Some(k) = key {
+                                dedup
+                                    .insert(
+                                        (env.tenant.as_str(), env.source.as_str(), k.as_str()),
+                                        (id, env.received_at_us),
+                                    )
+                                    .map_err(storage)?;
+                                let age_val = encode_dedup_ref(&env.tenant, &env.source, &k);
+                                dedup_age
+                                    .insert((env.received_at_us, id), age_val.as_slice())
+                                    .map_err(storage)?;
+                            }
+                            totals.messages += 1;
+                            totals.bytes += env.payload.len() as u64;
+                            out.push(Pushed { id, duplicate: false });
+                        }
+                        replies.push(Pending::Push(reply, Ok(out)));
+                    }
+                    Command::Reject { item, reason, reply } => {
+                        let bytes = item.payload.len() as u64;
+                        if totals.messages + 1 > self.limits.max_messages || totals.bytes + bytes > self.limits.max_bytes {
+                            let full = Error::Full {
+                                messages: totals.messages,
+                                bytes: totals.bytes,
+                            };
+                            replies.push(Pending::Reject(reply, Err(full)));
+                            continue;
+                        }
+                        let id = totals.next_id;
+                        totals.next_id += 1;
+                        let env = Envelope {
+                            id,
+                            tenant: item.tenant,
+                            source: item.source,
+                            received_at_us: item.received_at_us,
+                            peer: item.peer,
+                            kind: item.kind,
+                            lane: item.lane,
+                            meta: item.meta,
+                            payload: item.payload,
+                        };
+                        let v = rejected_value(&env, &reason);
+                        rejected.insert((env.tenant.as_str(), id), v.as_slice()).map_err(storage)?;
+                        totals.messages += 1;
+                        totals.bytes += bytes;
+                        replies.push(Pending::Reject(reply, Ok(id)));
+                    }
+                    Command::Ack { tenant, ids, reply } => {
+                        for id in ids {
+                            let removed = envelopes.remove((tenant.as_str(), id)).map_err(storage)?;
+                            if let Some(v) = removed {
+                                if let Ok(env) = Envelope::decode(v.value()) {
+                                    ready
+                                        .remove((tenant.as_str(), env.lane as u8, env.source.as_str(), id))
+                                        .map_err(storage)?;
+                                    totals.messages = totals.messages.saturating_sub(1);
+                                    totals.bytes = totals.bytes.saturating_sub(env.payload.len() as u64);
+                                }
+                            }
+                            parked.remove((tenant.as_str(), id)).map_err(storage)?;
+                        }
+                        replies.push(Pending::Unit(reply, Ok(())));
+                    }
+                    Command::Park {
+                        tenant,
+                        id,
+                        state,
+                        reason,
+                        reply,
+                    } => {
+                        let env = envelopes
+                            .get((tenant.as_str(), id))
+                            .map_err(storage)?
+                            .and_then(|v| Envelope::decode(v.value()).ok());
+                        let r = match env {
+                            None => Err(Error::NotFound { tenant, id }),
+                            Some(env) => {
+                                ready
+                                    .remove((tenant.as_str(), env.lane as u8, env.source.as_str(), id))
+                                    .map_err(storage)?;
+                                let mut v = vec![state as u8];
+                                v.extend_from_slice(reason.as_bytes());
+                                parked.insert((tenant.as_str(), id), v.as_slice()).map_err(storage)?;
+                                Ok(())
+                            }
+                        };
+                        replies.push(Pending::Unit(reply, r));
+                    }
+                    Command::Unpark { tenant, id, reply } => {
+                        let was = parked.remove((tenant.as_str(), id)).map_err(storage)?.is_some();
+                        let env = envelopes
+                            .get((tenant.as_str(), id))
+                            .map_err(storage)?
+                            .and_then(|v| Envelope::decode(v.value()).ok());
+                        let r = match (was, env) {
+                            (true, Some(env)) => {
+                                ready
+                                    .insert((tenant.as_str(), env.lane as u8, env.source.as_str(), id), ())
+                                    .map_err(storage)?;
+                                Ok(())
+                            }
+                            _ => Err(Error::NotFound { tenant, id }),
+                        };
+                        replies.push(Pending::Unit(reply, r));
+                    }
+                }
+            }
+            if expire {
+                let now_us = jiff::Timestamp::now().as_microsecond();
+                let cutoff = now_us.saturating_sub(self.limits.dedup_window.as_micros() as i64);
+                let old: Vec<((i64, u64), Vec<u8>)> = dedup_age
+                    .range((i64::MIN, 0u64)..(cutoff, 0u64))
+                    .map_err(storage)?
+                    .take(100_000)
+                    .filter_map(|e| e.ok())
+                    .map(|(k, v)| (k.value(), v.value().to_vec()))
+                    .collect();
+                for (k, v) in old {
+                    dedup_age.remove(k).map_err(storage)?;
+                    if let Some((t, s, key)) = decode_dedup_ref(&v) {
+                        dedup.remove((t, s, key)).map_err(storage)?;
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert("messages", totals.messages).map_err(storage)?;
+            meta.insert("bytes", totals.bytes).map_err(storage)?;
+            meta.insert("next_id", totals.next_id).map_err(storage)?;
+        }
+        match txn.commit() {
+            Ok(()) => {
+                *self.totals.lock().unwrap_or_else(|p| p.into_inner()) = totals;
+                self.publish_gauges();
+                for r in replies {
+                    r.answer();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("commit failed: {e}");
+                for r in replies {
+                    r.fail(&msg);
+                }
+                Err(Error::Storage(msg))
+            }
+        }
+    }
+}
+
+fn encode_dedup_ref(tenant: &str, source: &str, key: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(tenant.len() + source.len() + key.len() + 2);
+    v.extend_from_slice(tenant.as_bytes());
+    v.push(0);
+    v.extend_from_slice(source.as_bytes());
+    v.push(0);
+    v.extend_from_slice(key.as_bytes());
+    v
+}
+
+fn decode_dedup_ref(v: &[u8]) -> Option<(&str, &str, &str)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let mut parts = s.splitn(3, '\0');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
