@@ -430,7 +430,8 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
                 }
                 match m.validate(base) {
                     Ok(cfg) => {
-                        if let Some(prev) = listens.insert(cfg.listen, i) {
+                        // Port 0 (tests: "any free port") never collides.
+                        if let Some(prev) = (cfg.listen.port() != 0).then(|| listens.insert(cfg.listen, i)).flatten() {
                             problems.push((
                                 format!("source[{i}].listen"),
                                 format!("same address as source[{prev}]"),

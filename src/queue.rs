@@ -843,8 +843,27 @@ impl Inner {
             for c in group {
                 match c {
                     Command::Push { items, reply } => {
-                        let new_bytes: u64 = items.iter().map(|i| i.payload.len() as u64).sum();
-                        if totals.messages + items.len() as u64 > self.limits.max_messages
+                        // Resends need no space: find them first, then apply the limits to
+                        // what is new. A batch is all or nothing.
+                        let mut known = Vec::with_capacity(items.len());
+                        let mut new_count = 0u64;
+                        let mut new_bytes = 0u64;
+                        for item in &items {
+                            let key = dedup_key(&item.meta);
+                            let hit = match &key {
+                                None => None,
+                                Some(k) => dedup
+                                    .get((item.tenant.as_str(), item.source.as_str(), k.as_str()))
+                                    .map_err(storage)?
+                                    .map(|v| v.value().0),
+                            };
+                            if hit.is_none() {
+                                new_count += 1;
+                                new_bytes += item.payload.len() as u64;
+                            }
+                            known.push((key, hit));
+                        }
+                        if totals.messages + new_count > self.limits.max_messages
                             || totals.bytes + new_bytes > self.limits.max_bytes
                         {
                             let full = Error::Full {
@@ -855,19 +874,19 @@ impl Inner {
                             continue;
                         }
                         let mut out = Vec::with_capacity(items.len());
-                        for item in items {
-                            let key = dedup_key(&item.meta);
-                            if let Some(k) = &key {
-                                if let Some(hit) = dedup
+                        for (item, (key, hit)) in items.into_iter().zip(known) {
+                            // A batch may carry the same control id twice: look again.
+                            let hit = match (&key, hit) {
+                                (_, Some(id)) => Some(id),
+                                (None, None) => None,
+                                (Some(k), None) => dedup
                                     .get((item.tenant.as_str(), item.source.as_str(), k.as_str()))
                                     .map_err(storage)?
-                                {
-                                    out.push(Pushed {
-                                        id: hit.value().0,
-                                        duplicate: true,
-                                    });
-                                    continue;
-                                }
+                                    .map(|v| v.value().0),
+                            };
+                            if let Some(id) = hit {
+                                out.push(Pushed { id, duplicate: true });
+                                continue;
                             }
                             let id = totals.next_id;
                             totals.next_id += 1;

@@ -5,3 +5,8 @@
 //! message when that folder is absent (a user's fresh clone); CI has it.
 
 mod support;
+
+mod mllp; // MLLP ingest: ACK codes, durability before AA, framing, limits, TLS, shutdown
+mod hl7_corpus; // every corpus HL7 file through the parser
+#[cfg(feature = "wip-convert")]
+mod convert; // HL7 v2 → FHIR golden Bundles, idempotency, report invariants
