@@ -229,16 +229,24 @@ impl<'a> Inbound<'a> {
             if let Some(sep) = rest.chars().next().filter(|c| c.is_ascii_punctuation()) {
                 d.field = sep;
                 fields = line.split(sep).collect();
-                if let Some(enc) = fields.get(1) {
-                    let mut chars = enc.chars().take_while(|c| c.is_ascii_punctuation() && *c != sep);
-                    if let Some(c) = chars.next() {
-                        d.component = c;
-                    }
-                    if let Some(c) = chars.next() {
-                        d.repetition = c;
-                    }
-                    d.escape = chars.next();
-                    d.subcomponent = chars.next();
+                // Use the sender's encoding characters only when they are usable (distinct
+                // punctuation); otherwise answer with the defaults so the ACK itself parses.
+                let enc: Vec<char> = fields
+                    .get(1)
+                    .map(|e| e.chars().take(4).collect())
+                    .unwrap_or_default();
+                let mut seen = vec![sep];
+                let usable = enc.len() == 4
+                    && enc.iter().all(|c| {
+                        let fresh = c.is_ascii_punctuation() && !seen.contains(c);
+                        seen.push(*c);
+                        fresh
+                    });
+                if usable {
+                    d.component = enc[0];
+                    d.repetition = enc[1];
+                    d.escape = Some(enc[2]);
+                    d.subcomponent = Some(enc[3]);
                 }
             }
         }
@@ -463,8 +471,15 @@ mod tests {
     }
 
     #[test]
+    fn unusable_encoding_characters_are_replaced_by_the_defaults() {
+        let i = Inbound::scan("MSH|&&&&|A|B|C|D|2024||ORU^R01|X1|P|2.5.1\r");
+        assert_eq!(i.delimiters, Delimiters::default());
+        assert_eq!(i.control_id, "X1");
+    }
+
+    #[test]
     fn scan_of_garbage_never_panics_and_finds_nothing() {
-        for t in ["", "MSH", "MSH|", "PID|1", "MSH\u{e9}abc", "\u{feff}MSH|^", "MSH|||||||||"] {
+        for t in ["", "MSH", "MSH|", "PID|1", "MSH\u{e9}abc", "\u{feff}MSH|^", "MSH|||||||||", "MSH|&&&&|A"] {
             let i = Inbound::scan(t);
             let _ = build(&i, Code::AE, &Outcome::Malformed(problem(100)), "x", "y");
         }

@@ -7,6 +7,7 @@
 mod support;
 
 mod process; // the real binary: SIGKILL under load, CLI commands, shipped config files
+mod corpus_mllp; // every corpus message over MLLP: AA for well-formed, never AA otherwise
 mod mllp; // MLLP ingest: ACK codes, durability before AA, framing, limits, TLS, shutdown
 mod hl7_corpus; // every corpus HL7 file through the parser
 #[cfg(feature = "wip-convert")]

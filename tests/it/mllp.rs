@@ -65,6 +65,19 @@ async fn enhanced_mode_gets_commit_accept() {
 }
 
 #[tokio::test]
+async fn accept_ack_type_ne_is_honoured_unless_the_source_forces_original_mode() {
+    let ne = String::from_utf8(oru_enhanced("NE-1")).unwrap().replace("|AL|NE", "|NE|NE");
+    let gw = Gateway::start("", "").await;
+    let mut c = Client::connect(&gw.addr(), Duration::from_millis(500)).await.unwrap();
+    assert!(c.send(ne.as_bytes()).await.is_err(), "NE asks for no accept ACK");
+    assert_eq!(gw.queue().scan("north").unwrap().len(), 1, "but the message is stored");
+    gw.stop().await;
+    let gw = Gateway::start("ack_mode = \"original\"\n", "").await;
+    assert_eq!(code(&gw.client().await.send(ne.as_bytes()).await.unwrap()), "AA");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_input_gets_ae_with_err_and_is_kept_in_the_rejected_area() {
     let gw = Gateway::start("", "").await;
     let mut c = gw.client().await;
