@@ -17,9 +17,9 @@ use tokio::task::JoinSet;
 use crate::config::{Config, SourceKind};
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
+use crate::mllp;
 use crate::queue::Queue;
 use crate::shutdown::{self, Trigger};
-use crate::mllp;
 
 /// Runtime switches that are not part of the pipeline description (CLI flags).
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +72,11 @@ pub async fn start(config: &Config, options: Options) -> anyhow::Result<Running>
 }
 
 /// Like [`start`] with a queue opened by the caller (tests inject storage faults this way).
-pub async fn start_with_queue(config: &Config, queue: Queue, metrics: Arc<Metrics>) -> anyhow::Result<Running> {
+pub async fn start_with_queue(
+    config: &Config,
+    queue: Queue,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Running> {
     let ready = Arc::new(Readiness::default());
     let (trigger, _) = shutdown::channel();
     let admin_listener = health::bind(config.admin.listen)
@@ -84,9 +88,15 @@ pub async fn start_with_queue(config: &Config, queue: Queue, metrics: Arc<Metric
     for source in &config.sources {
         match &source.kind {
             SourceKind::Mllp(m) => {
-                let l = mllp::Listener::bind(&source.name, &source.tenant, m, queue.clone(), metrics.clone())
-                    .await
-                    .with_context(|| format!("starting source {}", source.name))?;
+                let l = mllp::Listener::bind(
+                    &source.name,
+                    &source.tenant,
+                    m,
+                    queue.clone(),
+                    metrics.clone(),
+                )
+                .await
+                .with_context(|| format!("starting source {}", source.name))?;
                 listeners.push((source.name.clone(), l));
             }
         }
@@ -105,7 +115,10 @@ pub async fn start_with_queue(config: &Config, queue: Queue, metrics: Arc<Metric
     }
     ready.set();
     notify(&[sd_notify::NotifyState::Ready]);
-    notify(&[sd_notify::NotifyState::Status(&format!("running: {} sources", mllp_addrs.len()))]);
+    notify(&[sd_notify::NotifyState::Status(&format!(
+        "running: {} sources",
+        mllp_addrs.len()
+    ))]);
     tracing::info!(sources = mllp_addrs.len(), admin = %admin, "caregate ready");
     Ok(Running {
         mllp: mllp_addrs,
@@ -156,14 +169,21 @@ impl Running {
 }
 
 /// Runs until `shutdown` completes (a signal in production), then stops in order.
-pub async fn run(config: Config, options: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let running = start(&config, options).await?;
     shutdown.await;
     let late = running.stop().await;
     if late.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("shutdown deadline passed with {} tasks still running", late.len())
+        anyhow::bail!(
+            "shutdown deadline passed with {} tasks still running",
+            late.len()
+        )
     }
 }
 

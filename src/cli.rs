@@ -129,7 +129,10 @@ pub async fn send(opts: &SendOptions, files: &[PathBuf]) -> anyhow::Result<bool>
     use crate::mllp::client::Client;
 
     let mut client = if opts.tls {
-        let identity = opts.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        let identity = opts
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
         let config = crate::mllp::tls::client_config(opts.ca.as_deref(), identity)?;
         let host = opts.server_name.clone().unwrap_or_else(|| {
             opts.to
@@ -174,7 +177,11 @@ pub async fn send(opts: &SendOptions, files: &[PathBuf]) -> anyhow::Result<bool>
                             i + 1,
                             a.code_text,
                             a.control_id,
-                            if a.text.is_empty() { String::new() } else { format!(" {}", a.text) },
+                            if a.text.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" {}", a.text)
+                            },
                             codes
                         );
                         if !a.code.is_some_and(|c| c.is_accept()) {

@@ -197,7 +197,10 @@ impl<'de> Deserialize<'de> for RawSources {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an array of [[source]] tables")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawSources, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawSources, A::Error> {
                 let plan = SOURCE_KIND_PLAN.with(|p| p.borrow().clone());
                 let mut out = Vec::new();
                 loop {
@@ -249,7 +252,11 @@ impl ByteSize {
             "KiB" => 1 << 10,
             "MiB" => 1 << 20,
             "GiB" => 1 << 30,
-            other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+                ));
+            }
         };
         n.checked_mul(mult)
             .map(ByteSize)
@@ -266,7 +273,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("duration {s:?}: {e} (use units: \"30s\", \"5m\", \"1h\")")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "duration {s:?}: {e} (use units: \"30s\", \"5m\", \"1h\")"
+                ))
+            })
     }
 }
 
@@ -288,7 +299,8 @@ impl Config {
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, Error> {
         let serde_error = |e: toml::de::Error| {
             let line = e.span().map(|s| line_of(text, s.start));
-            let key = key_at(text, e.span().map(|s| s.start)).unwrap_or_else(|| "<file>".to_owned());
+            let key =
+                key_at(text, e.span().map(|s| s.start)).unwrap_or_else(|| "<file>".to_owned());
             Error {
                 file: path.to_owned(),
                 key,
@@ -369,13 +381,19 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
         }
     };
     if raw.shutdown_timeout.0.is_zero() {
-        problems.push(("shutdown_timeout".into(), "must be greater than zero".into()));
+        problems.push((
+            "shutdown_timeout".into(),
+            "must be greater than zero".into(),
+        ));
     }
 
     let mut tenants = Vec::new();
     let mut tenant_ids = BTreeSet::new();
     if raw.tenants.is_empty() {
-        problems.push(("tenant".into(), "at least one [[tenant]] is required".into()));
+        problems.push((
+            "tenant".into(),
+            "at least one [[tenant]] is required".into(),
+        ));
     }
     for (i, t) in raw.tenants.into_iter().enumerate() {
         if !valid_id(&t.id) {
@@ -389,7 +407,10 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
         }
         if let Some(tz) = &t.timezone {
             if jiff::tz::TimeZone::get(tz).is_err() {
-                problems.push((format!("tenant[{i}].timezone"), "unknown IANA time zone".into()));
+                problems.push((
+                    format!("tenant[{i}].timezone"),
+                    "unknown IANA time zone".into(),
+                ));
             }
         }
         tenants.push(Tenant {
@@ -425,13 +446,19 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
                 }
                 if let Some(tz) = &timezone {
                     if jiff::tz::TimeZone::get(tz).is_err() {
-                        problems.push((format!("source[{i}].timezone"), "unknown IANA time zone".into()));
+                        problems.push((
+                            format!("source[{i}].timezone"),
+                            "unknown IANA time zone".into(),
+                        ));
                     }
                 }
                 match m.validate(base) {
                     Ok(cfg) => {
                         // Port 0 (tests: "any free port") never collides.
-                        if let Some(prev) = (cfg.listen.port() != 0).then(|| listens.insert(cfg.listen, i)).flatten() {
+                        if let Some(prev) = (cfg.listen.port() != 0)
+                            .then(|| listens.insert(cfg.listen, i))
+                            .flatten()
+                        {
                             problems.push((
                                 format!("source[{i}].listen"),
                                 format!("same address as source[{prev}]"),
@@ -451,7 +478,10 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
     }
     if let Some(a) = admin_listen {
         if let Some(i) = listens.get(&a) {
-            problems.push(("admin.listen".into(), format!("same address as source[{i}]")));
+            problems.push((
+                "admin.listen".into(),
+                format!("same address as source[{i}]"),
+            ));
         }
     }
     Some(Config {
@@ -492,7 +522,11 @@ pub fn resolve(base: &Path, p: &Path) -> PathBuf {
 
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Finds the line of a dotted key path like `source[1].tls.cert` by walking the parsed document
@@ -601,11 +635,17 @@ listen = "127.0.0.1:2575"
 
     #[test]
     fn unknown_key_is_rejected_with_its_line() {
-        let text = MINIMAL.replace("listen = \"127.0.0.1:2575\"", "listen = \"127.0.0.1:2575\"\nlisten_port = 3");
+        let text = MINIMAL.replace(
+            "listen = \"127.0.0.1:2575\"",
+            "listen = \"127.0.0.1:2575\"\nlisten_port = 3",
+        );
         let e = load(&text).unwrap_err();
         assert_eq!(e.line, Some(10), "{e}");
         assert!(e.message.contains("listen_port"), "{e}");
-        assert!(e.to_string().starts_with("/etc/caregate/test.toml:10: "), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/caregate/test.toml:10: "),
+            "{e}"
+        );
     }
 
     #[test]
@@ -673,7 +713,10 @@ listen = "127.0.0.1:2575"
 
     #[test]
     fn unknown_timezone_is_refused() {
-        let text = MINIMAL.replace("id = \"north\"", "id = \"north\"\ntimezone = \"Mars/Olympus\"");
+        let text = MINIMAL.replace(
+            "id = \"north\"",
+            "id = \"north\"\ntimezone = \"Mars/Olympus\"",
+        );
         assert_eq!(load(&text).unwrap_err().key, "tenant[0].timezone");
     }
 }

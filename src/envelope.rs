@@ -174,7 +174,10 @@ struct Reader<'a> {
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], Error> {
         let end = self.pos.checked_add(n).ok_or(Error::Corrupt(self.pos))?;
-        let s = self.bytes.get(self.pos..end).ok_or(Error::Corrupt(self.pos))?;
+        let s = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(Error::Corrupt(self.pos))?;
         self.pos = end;
         Ok(s)
     }

@@ -43,7 +43,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves until shutdown.
-pub async fn run(listener: TcpListener, ready: Arc<Readiness>, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
+pub async fn run(
+    listener: TcpListener,
+    ready: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    mut shutdown: Shutdown,
+) {
     let app = Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -67,7 +72,10 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
 }

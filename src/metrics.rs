@@ -73,17 +73,41 @@ impl Metrics {
             queue_bytes: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("messages_received", "HL7 messages received", m.received.clone());
-        registry.register("acks_sent", "acknowledgements sent, by MSA-1 code", m.acks.clone());
-        registry.register("messages_rejected", "messages refused, by reason", m.rejected.clone());
-        registry.register("messages_duplicate", "resends recognised as already stored", m.duplicates.clone());
-        registry.register("mllp_garbage_bytes", "bytes skipped outside MLLP frames", m.garbage_bytes.clone());
+        registry.register(
+            "messages_received",
+            "HL7 messages received",
+            m.received.clone(),
+        );
+        registry.register(
+            "acks_sent",
+            "acknowledgements sent, by MSA-1 code",
+            m.acks.clone(),
+        );
+        registry.register(
+            "messages_rejected",
+            "messages refused, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "messages_duplicate",
+            "resends recognised as already stored",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "mllp_garbage_bytes",
+            "bytes skipped outside MLLP frames",
+            m.garbage_bytes.clone(),
+        );
         registry.register(
             "connections_closed",
             "connections closed by caregate, by reason",
             m.connections_closed.clone(),
         );
-        registry.register("connections_open", "open connections", m.connections.clone());
+        registry.register(
+            "connections_open",
+            "open connections",
+            m.connections.clone(),
+        );
         registry.register(
             "ack_latency_seconds",
             "time from a complete frame to its ACK written",
@@ -94,9 +118,21 @@ impl Metrics {
             "duration of one queue group commit including fsync",
             m.commit_seconds.clone(),
         );
-        registry.register("queue_commit_failures", "failed queue commits", m.commit_failures.clone());
-        registry.register("queue_messages", "envelopes stored in the queue", m.queue_messages.clone());
-        registry.register("queue_bytes", "payload bytes stored in the queue", m.queue_bytes.clone());
+        registry.register(
+            "queue_commit_failures",
+            "failed queue commits",
+            m.commit_failures.clone(),
+        );
+        registry.register(
+            "queue_messages",
+            "envelopes stored in the queue",
+            m.queue_messages.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "payload bytes stored in the queue",
+            m.queue_bytes.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -128,11 +164,22 @@ mod tests {
     fn rendered_text_has_prefixed_names_and_labels() {
         let m = Metrics::new();
         m.received.get_or_create(&Metrics::source("lab")).inc();
-        m.acks.get_or_create(&Metrics::source_and("lab", "code", "AA")).inc();
+        m.acks
+            .get_or_create(&Metrics::source_and("lab", "code", "AA"))
+            .inc();
         m.commit_seconds.observe(0.001);
         let text = m.render();
-        assert!(text.contains("caregate_messages_received_total{source=\"lab\"} 1"), "{text}");
-        assert!(text.contains("caregate_acks_sent_total{source=\"lab\",code=\"AA\"} 1"), "{text}");
-        assert!(text.contains("caregate_queue_commit_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("caregate_messages_received_total{source=\"lab\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("caregate_acks_sent_total{source=\"lab\",code=\"AA\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("caregate_queue_commit_seconds_count 1"),
+            "{text}"
+        );
     }
 }

@@ -320,7 +320,8 @@ pub struct Group {
 impl Queue {
     /// Opens (creating if needed) `dir/queue.redb` and starts the writer thread.
     pub fn open(dir: &Path, limits: Limits, metrics: Arc<Metrics>) -> Result<Queue, Error> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Storage(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Storage(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("queue.redb");
         let opener: Opener = Arc::new(move || {
             // SingleWriter lets `caregate queue stats` read while the daemon writes.
@@ -333,7 +334,12 @@ impl Queue {
 
     /// Opens with a custom opener (tests inject a failing storage backend this way). With
     /// `durable = false` commits skip the fsync: only for measuring what durability costs.
-    pub fn open_with(opener: Opener, limits: Limits, durable: bool, metrics: Arc<Metrics>) -> Result<Queue, Error> {
+    pub fn open_with(
+        opener: Opener,
+        limits: Limits,
+        durable: bool,
+        metrics: Arc<Metrics>,
+    ) -> Result<Queue, Error> {
         let db = opener().map_err(Error::Open)?;
         let totals = init(&db)?;
         let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
@@ -355,7 +361,10 @@ impl Queue {
         Ok(Queue { inner, tx })
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command) -> Result<T, Error> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
+    ) -> Result<T, Error> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| Error::Closed)?;
         // A dropped reply means the writer abandoned the group on an error: nothing was committed.
@@ -376,7 +385,12 @@ impl Queue {
 
     /// Keeps a malformed message in the rejected area (never forwarded).
     pub async fn reject(&self, item: NewEnvelope, reason: String) -> Result<u64, Error> {
-        self.call(|reply| Command::Reject { item, reason, reply }).await
+        self.call(|reply| Command::Reject {
+            item,
+            reason,
+            reply,
+        })
+        .await
     }
 
     /// Removes delivered envelopes and ends their leases.
@@ -389,7 +403,13 @@ impl Queue {
     }
 
     /// Moves an envelope out of the ready index (dead letter or hold), keeping it stored.
-    pub async fn park(&self, tenant: &str, id: u64, state: Parked, reason: String) -> Result<(), Error> {
+    pub async fn park(
+        &self,
+        tenant: &str,
+        id: u64,
+        state: Parked,
+        reason: String,
+    ) -> Result<(), Error> {
         let tenant = tenant.to_owned();
         let r = self
             .call(|reply| Command::Park {
@@ -407,7 +427,8 @@ impl Queue {
     /// Returns a parked envelope to the ready index (replay, release of a hold).
     pub async fn unpark(&self, tenant: &str, id: u64) -> Result<(), Error> {
         let tenant = tenant.to_owned();
-        self.call(|reply| Command::Unpark { tenant, id, reply }).await
+        self.call(|reply| Command::Unpark { tenant, id, reply })
+            .await
     }
 
     /// Leases up to `max` ready envelopes of `tenant`, critical lane first, per-source FIFO:
@@ -443,7 +464,8 @@ impl Queue {
             let Some(bytes) = envelopes.get((tenant, id)).map_err(storage)? else {
                 continue;
             };
-            let env = Envelope::decode(bytes.value()).map_err(|source| Error::Corrupt { id, source })?;
+            let env =
+                Envelope::decode(bytes.value()).map_err(|source| Error::Corrupt { id, source })?;
             picked_sources.insert(source.to_owned());
             out.push(env);
         }
@@ -480,7 +502,10 @@ impl Queue {
         let txn = db.begin_read().map_err(storage)?;
         let t = txn.open_table(ENVELOPES).map_err(storage)?;
         let mut out = Vec::new();
-        for entry in t.range((tenant, 0u64)..=(tenant, u64::MAX)).map_err(storage)? {
+        for entry in t
+            .range((tenant, 0u64)..=(tenant, u64::MAX))
+            .map_err(storage)?
+        {
             let (k, v) = entry.map_err(storage)?;
             let id = k.value().1;
             out.push(Envelope::decode(v.value()).map_err(|source| Error::Corrupt { id, source })?);
@@ -494,7 +519,10 @@ impl Queue {
         let txn = db.begin_read().map_err(storage)?;
         let t = txn.open_table(REJECTED).map_err(storage)?;
         let mut out = Vec::new();
-        for entry in t.range((tenant, 0u64)..=(tenant, u64::MAX)).map_err(storage)? {
+        for entry in t
+            .range((tenant, 0u64)..=(tenant, u64::MAX))
+            .map_err(storage)?
+        {
             let (k, v) = entry.map_err(storage)?;
             let id = k.value().1;
             let (reason, env) = split_rejected(v.value()).ok_or(Error::Corrupt {
@@ -557,7 +585,10 @@ impl std::fmt::Display for Stats {
 pub fn read_stats(dir: &Path, now_us: i64) -> Result<Stats, Error> {
     let path = dir.join("queue.redb");
     if !path.exists() {
-        return Err(Error::Storage(format!("no queue database at {}", path.display())));
+        return Err(Error::Storage(format!(
+            "no queue database at {}",
+            path.display()
+        )));
     }
     let db = Database::builder()
         .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
@@ -589,7 +620,8 @@ fn stats_of<D: ReadableDatabase>(db: &D, now_us: i64) -> Result<Stats, Error> {
         for e in envelopes.iter().map_err(storage)? {
             let (k, v) = e.map_err(storage)?;
             let id = k.value().1;
-            let env = Envelope::decode(v.value()).map_err(|source| Error::Corrupt { id, source })?;
+            let env =
+                Envelope::decode(v.value()).map_err(|source| Error::Corrupt { id, source })?;
             let bytes = env.payload.len() as u64;
             stats.total_messages += 1;
             stats.total_bytes += bytes;
@@ -615,7 +647,10 @@ fn stats_of<D: ReadableDatabase>(db: &D, now_us: i64) -> Result<Stats, Error> {
                     Some(2) => g.held += 1,
                     _ => {}
                 }
-                g.oldest_us = Some(g.oldest_us.map_or(env.received_at_us, |o| o.min(env.received_at_us)));
+                g.oldest_us = Some(
+                    g.oldest_us
+                        .map_or(env.received_at_us, |o| o.min(env.received_at_us)),
+                );
             }
         }
         for e in rejected.iter().map_err(storage)? {
@@ -641,7 +676,8 @@ fn stats_of<D: ReadableDatabase>(db: &D, now_us: i64) -> Result<Stats, Error> {
                     .rejected += 1;
             }
         }
-        let age = |us: Option<i64>| us.map(|o| (now_us.saturating_sub(o).max(0) / 1_000_000) as u64);
+        let age =
+            |us: Option<i64>| us.map(|o| (now_us.saturating_sub(o).max(0) / 1_000_000) as u64);
         stats.tenants = tenants
             .into_values()
             .map(|mut g| {
@@ -656,7 +692,11 @@ fn stats_of<D: ReadableDatabase>(db: &D, now_us: i64) -> Result<Stats, Error> {
                 g
             })
             .collect();
-        stats.oldest_age_seconds = stats.tenants.iter().filter_map(|g| g.oldest_age_seconds).max();
+        stats.oldest_age_seconds = stats
+            .tenants
+            .iter()
+            .filter_map(|g| g.oldest_age_seconds)
+            .max();
         Ok(stats)
     }
 }
@@ -675,7 +715,9 @@ fn init(db: &Database) -> Result<Totals, Error> {
     txn.commit().map_err(storage)?;
     let txn = db.begin_read().map_err(storage)?;
     let meta = txn.open_table(META).map_err(storage)?;
-    let get = |k: &str| -> Result<u64, Error> { Ok(meta.get(k).map_err(storage)?.map_or(0, |v| v.value())) };
+    let get = |k: &str| -> Result<u64, Error> {
+        Ok(meta.get(k).map_err(storage)?.map_or(0, |v| v.value()))
+    };
     Ok(Totals {
         messages: get("messages")?,
         bytes: get("bytes")?,
@@ -708,7 +750,10 @@ fn dedup_key(meta: &Meta) -> Option<String> {
 
 /// What a group's commands will reply once the commit is known.
 enum Pending {
-    Push(oneshot::Sender<Result<Vec<Pushed>, Error>>, Result<Vec<Pushed>, Error>),
+    Push(
+        oneshot::Sender<Result<Vec<Pushed>, Error>>,
+        Result<Vec<Pushed>, Error>,
+    ),
     Reject(oneshot::Sender<Result<u64, Error>>, Result<u64, Error>),
     Unit(oneshot::Sender<Result<(), Error>>, Result<(), Error>),
 }
@@ -776,7 +821,10 @@ impl Inner {
             }
             let started = Instant::now();
             match self.apply(group, expire) {
-                Ok(()) => self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64()),
+                Ok(()) => self
+                    .metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64()),
                 Err(e) => {
                     self.metrics.commit_failures.inc();
                     tracing::error!(error = %e, "queue commit failed; the group was answered with errors");
@@ -791,9 +839,9 @@ impl Inner {
         match c {
             Command::Push { reply, .. } => drop(reply.send(Err(err()))),
             Command::Reject { reply, .. } => drop(reply.send(Err(err()))),
-            Command::Ack { reply, .. } | Command::Park { reply, .. } | Command::Unpark { reply, .. } => {
-                drop(reply.send(Err(err())))
-            }
+            Command::Ack { reply, .. }
+            | Command::Park { reply, .. }
+            | Command::Unpark { reply, .. } => drop(reply.send(Err(err()))),
         }
     }
 
@@ -802,7 +850,9 @@ impl Inner {
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
         // redb allows one open handle per file: swap in an empty in-memory placeholder so the
         // failed handle is dropped (readers holding a clone release it within one call).
-        let Ok(placeholder) = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()) else {
+        let Ok(placeholder) =
+            Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
+        else {
             return false;
         };
         drop(std::mem::replace(&mut *slot, Arc::new(placeholder)));
@@ -815,9 +865,13 @@ impl Inner {
                         tracing::warn!(attempt, "queue database reopened after an I/O error");
                         return true;
                     }
-                    Err(e) => tracing::error!(error = %e, attempt, "queue database reopened but unusable"),
+                    Err(e) => {
+                        tracing::error!(error = %e, attempt, "queue database reopened but unusable")
+                    }
                 },
-                Err(e) => tracing::error!(error = %e, attempt, "reopening the queue database failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, "reopening the queue database failed")
+                }
             }
             std::thread::sleep(Duration::from_millis(50 * (attempt + 1)));
         }
@@ -885,7 +939,10 @@ impl Inner {
                                     .map(|v| v.value().0),
                             };
                             if let Some(id) = hit {
-                                out.push(Pushed { id, duplicate: true });
+                                out.push(Pushed {
+                                    id,
+                                    duplicate: true,
+                                });
                                 continue;
                             }
                             let id = totals.next_id;
@@ -907,7 +964,10 @@ impl Inner {
                                 .insert((env.tenant.as_str(), id), buf.as_slice())
                                 .map_err(storage)?;
                             ready
-                                .insert((env.tenant.as_str(), env.lane as u8, env.source.as_str(), id), ())
+                                .insert(
+                                    (env.tenant.as_str(), env.lane as u8, env.source.as_str(), id),
+                                    (),
+                                )
                                 .map_err(storage)?;
                             if let Some(k) = key {
                                 dedup
@@ -923,13 +983,22 @@ impl Inner {
                             }
                             totals.messages += 1;
                             totals.bytes += env.payload.len() as u64;
-                            out.push(Pushed { id, duplicate: false });
+                            out.push(Pushed {
+                                id,
+                                duplicate: false,
+                            });
                         }
                         replies.push(Pending::Push(reply, Ok(out)));
                     }
-                    Command::Reject { item, reason, reply } => {
+                    Command::Reject {
+                        item,
+                        reason,
+                        reply,
+                    } => {
                         let bytes = item.payload.len() as u64;
-                        if totals.messages + 1 > self.limits.max_messages || totals.bytes + bytes > self.limits.max_bytes {
+                        if totals.messages + 1 > self.limits.max_messages
+                            || totals.bytes + bytes > self.limits.max_bytes
+                        {
                             let full = Error::Full {
                                 messages: totals.messages,
                                 bytes: totals.bytes,
@@ -951,21 +1020,30 @@ impl Inner {
                             payload: item.payload,
                         };
                         let v = rejected_value(&env, &reason);
-                        rejected.insert((env.tenant.as_str(), id), v.as_slice()).map_err(storage)?;
+                        rejected
+                            .insert((env.tenant.as_str(), id), v.as_slice())
+                            .map_err(storage)?;
                         totals.messages += 1;
                         totals.bytes += bytes;
                         replies.push(Pending::Reject(reply, Ok(id)));
                     }
                     Command::Ack { tenant, ids, reply } => {
                         for id in ids {
-                            let removed = envelopes.remove((tenant.as_str(), id)).map_err(storage)?;
+                            let removed =
+                                envelopes.remove((tenant.as_str(), id)).map_err(storage)?;
                             if let Some(v) = removed {
                                 if let Ok(env) = Envelope::decode(v.value()) {
                                     ready
-                                        .remove((tenant.as_str(), env.lane as u8, env.source.as_str(), id))
+                                        .remove((
+                                            tenant.as_str(),
+                                            env.lane as u8,
+                                            env.source.as_str(),
+                                            id,
+                                        ))
                                         .map_err(storage)?;
                                     totals.messages = totals.messages.saturating_sub(1);
-                                    totals.bytes = totals.bytes.saturating_sub(env.payload.len() as u64);
+                                    totals.bytes =
+                                        totals.bytes.saturating_sub(env.payload.len() as u64);
                                 }
                             }
                             parked.remove((tenant.as_str(), id)).map_err(storage)?;
@@ -987,18 +1065,28 @@ impl Inner {
                             None => Err(Error::NotFound { tenant, id }),
                             Some(env) => {
                                 ready
-                                    .remove((tenant.as_str(), env.lane as u8, env.source.as_str(), id))
+                                    .remove((
+                                        tenant.as_str(),
+                                        env.lane as u8,
+                                        env.source.as_str(),
+                                        id,
+                                    ))
                                     .map_err(storage)?;
                                 let mut v = vec![state as u8];
                                 v.extend_from_slice(reason.as_bytes());
-                                parked.insert((tenant.as_str(), id), v.as_slice()).map_err(storage)?;
+                                parked
+                                    .insert((tenant.as_str(), id), v.as_slice())
+                                    .map_err(storage)?;
                                 Ok(())
                             }
                         };
                         replies.push(Pending::Unit(reply, r));
                     }
                     Command::Unpark { tenant, id, reply } => {
-                        let was = parked.remove((tenant.as_str(), id)).map_err(storage)?.is_some();
+                        let was = parked
+                            .remove((tenant.as_str(), id))
+                            .map_err(storage)?
+                            .is_some();
                         let env = envelopes
                             .get((tenant.as_str(), id))
                             .map_err(storage)?
@@ -1006,7 +1094,10 @@ impl Inner {
                         let r = match (was, env) {
                             (true, Some(env)) => {
                                 ready
-                                    .insert((tenant.as_str(), env.lane as u8, env.source.as_str(), id), ())
+                                    .insert(
+                                        (tenant.as_str(), env.lane as u8, env.source.as_str(), id),
+                                        (),
+                                    )
                                     .map_err(storage)?;
                                 Ok(())
                             }
@@ -1072,4 +1163,179 @@ fn decode_dedup_ref(v: &[u8]) -> Option<(&str, &str, &str)> {
     let s = std::str::from_utf8(v).ok()?;
     let mut parts = s.splitn(3, '\0');
     Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn item(tenant: &str, source: &str, control_id: &str, lane: Lane) -> NewEnvelope {
+        NewEnvelope {
+            tenant: tenant.into(),
+            source: source.into(),
+            received_at_us: 1_700_000_000_000_000,
+            peer: "127.0.0.1:1".into(),
+            kind: Kind::Hl7,
+            lane,
+            meta: Meta {
+                control_id: control_id.into(),
+                message_type: "ORU^R01".into(),
+                version: "2.5.1".into(),
+                sender: "LAB|MAIN".into(),
+            },
+            payload: bytes::Bytes::from(format!(
+                "MSH|^~\\&|LAB|MAIN|||||ORU^R01|{control_id}|P|2.5.1\r"
+            )),
+        }
+    }
+
+    fn open(dir: &Path) -> Queue {
+        Queue::open(dir, Limits::default(), Metrics::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lease_keeps_per_source_fifo_and_puts_the_critical_lane_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path());
+        for (s, c) in [("a", "1"), ("b", "1"), ("a", "2"), ("b", "2")] {
+            q.push(item("t", s, c, Lane::Normal)).await.unwrap();
+        }
+        q.push(item("t", "c", "crit", Lane::Critical))
+            .await
+            .unwrap();
+        let first: Vec<(String, String)> = q
+            .lease("t", 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.source, e.meta.control_id))
+            .collect();
+        assert_eq!(first[0], ("c".into(), "crit".into()), "critical lane first");
+        assert_eq!(first.len(), 5);
+        // While a source has leases out, nothing later of it is leased again.
+        assert!(q.lease("t", 10).unwrap().is_empty());
+        let a1 = first
+            .iter()
+            .position(|x| *x == ("a".into(), "1".into()))
+            .unwrap();
+        let a2 = first
+            .iter()
+            .position(|x| *x == ("a".into(), "2".into()))
+            .unwrap();
+        assert!(a1 < a2, "per-source order kept");
+    }
+
+    #[tokio::test]
+    async fn a_source_with_a_lease_out_contributes_nothing_further_until_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path());
+        q.push(item("t", "a", "1", Lane::Normal)).await.unwrap();
+        let l1 = q.lease("t", 1).unwrap();
+        q.push(item("t", "a", "2", Lane::Normal)).await.unwrap();
+        assert!(
+            q.lease("t", 10).unwrap().is_empty(),
+            "a-2 must not overtake a-1"
+        );
+        q.release(&[l1[0].id]);
+        let again: Vec<String> = q
+            .lease("t", 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.meta.control_id)
+            .collect();
+        assert_eq!(again, ["1", "2"]);
+    }
+
+    #[tokio::test]
+    async fn tenants_never_see_each_others_envelopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path());
+        q.push(item("north", "lab", "SAME", Lane::Normal))
+            .await
+            .unwrap();
+        let p = q
+            .push(item("south", "lab", "SAME", Lane::Normal))
+            .await
+            .unwrap();
+        assert!(
+            !p.duplicate,
+            "same control id in another tenant is a different message"
+        );
+        assert_eq!(q.lease("north", 10).unwrap().len(), 1);
+        assert_eq!(q.scan("south").unwrap()[0].tenant, "south");
+    }
+
+    #[tokio::test]
+    async fn ack_removes_and_park_unpark_move_between_ready_and_parked() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path());
+        let a = q.push(item("t", "s", "1", Lane::Normal)).await.unwrap().id;
+        let b = q.push(item("t", "s", "2", Lane::Normal)).await.unwrap().id;
+        q.park("t", a, Parked::DeadLetter, "422 rejected".into())
+            .await
+            .unwrap();
+        let leased: Vec<u64> = q
+            .lease("t", 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(leased, [b], "dead letter is not leased");
+        q.ack("t", vec![b]).await.unwrap();
+        assert_eq!(q.depth().0, 1);
+        let s = q.stats(1_700_000_010_000_000).unwrap();
+        assert_eq!((s.total_messages, s.tenants[0].dead_letters), (1, 1));
+        q.unpark("t", a).await.unwrap();
+        assert_eq!(q.lease("t", 10).unwrap()[0].id, a);
+        assert!(matches!(
+            q.unpark("t", 999).await,
+            Err(Error::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn totals_and_dedup_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = open(dir.path());
+            q.push(item("t", "s", "1", Lane::Normal)).await.unwrap();
+            q.push(item("t", "s", "2", Lane::Normal)).await.unwrap();
+        }
+        // The writer thread exits when the last handle drops; give it a moment to release the file.
+        let mut q = None;
+        for _ in 0..100 {
+            match Queue::open(dir.path(), Limits::default(), Metrics::new()) {
+                Ok(x) => {
+                    q = Some(x);
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        let q = q.unwrap();
+        assert_eq!(q.depth().0, 2);
+        let again = q.push(item("t", "s", "1", Lane::Normal)).await.unwrap();
+        assert!(again.duplicate);
+        let third = q.push(item("t", "s", "3", Lane::Normal)).await.unwrap();
+        assert_eq!(third.id, 3, "ids keep increasing across restarts");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_all_or_nothing_against_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_messages: 2,
+            ..Limits::default()
+        };
+        let q = Queue::open(dir.path(), limits, Metrics::new()).unwrap();
+        q.push(item("t", "s", "1", Lane::Normal)).await.unwrap();
+        let r = q
+            .push_all(vec![
+                item("t", "s", "2", Lane::Normal),
+                item("t", "s", "3", Lane::Normal),
+            ])
+            .await;
+        assert!(matches!(r, Err(Error::Full { .. })));
+        assert_eq!(q.scan("t").unwrap().len(), 1);
+    }
 }

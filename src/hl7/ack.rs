@@ -126,7 +126,9 @@ impl Problem {
 /// The mode a message asks for. `force_original` is the per-sender override for senders that
 /// fill MSH-15 but still expect AA.
 pub fn mode(accept_ack_type: &str, application_ack_type: &str, force_original: bool) -> Mode {
-    if force_original || (accept_ack_type.trim().is_empty() && application_ack_type.trim().is_empty()) {
+    if force_original
+        || (accept_ack_type.trim().is_empty() && application_ack_type.trim().is_empty())
+    {
         Mode::Original
     } else {
         Mode::Enhanced
@@ -296,11 +298,20 @@ pub fn code_text(code: u16) -> &'static str {
 ///
 /// `now` is MSH-7 (`YYYYMMDDHHMMSS.SSS±ZZZZ`) and `ack_control_id` a new unique MSH-10; both are
 /// inputs so this stays pure and testable.
-pub fn build(inbound: &Inbound<'_>, code: Code, outcome: &Outcome, now: &str, ack_control_id: &str) -> String {
+pub fn build(
+    inbound: &Inbound<'_>,
+    code: Code,
+    outcome: &Outcome,
+    now: &str,
+    ack_control_id: &str,
+) -> String {
     let d = inbound.delimiters;
     let f = d.field;
     let enc = d.encoding_characters();
-    let old_layout = matches!(inbound.version.get(..3), Some("2.1" | "2.2" | "2.3" | "2.4"));
+    let old_layout = matches!(
+        inbound.version.get(..3),
+        Some("2.1" | "2.2" | "2.3" | "2.4")
+    );
     let msg_type = if inbound.trigger_event.is_empty() {
         "ACK".to_owned()
     } else if matches!(inbound.version, "2.1" | "2.2" | "2.3") {
@@ -308,13 +319,24 @@ pub fn build(inbound: &Inbound<'_>, code: Code, outcome: &Outcome, now: &str, ac
     } else {
         format!("ACK{c}{}{c}ACK", inbound.trigger_event, c = d.component)
     };
-    let version = if inbound.version.is_empty() { "2.5.1" } else { inbound.version };
-    let processing = if inbound.processing_id.is_empty() { "P" } else { inbound.processing_id };
+    let version = if inbound.version.is_empty() {
+        "2.5.1"
+    } else {
+        inbound.version
+    };
+    let processing = if inbound.processing_id.is_empty() {
+        "P"
+    } else {
+        inbound.processing_id
+    };
     let mut s = String::with_capacity(256);
     let _ = write!(
         s,
         "MSH{f}{enc}{f}{}{f}{}{f}{}{f}{}{f}{now}{f}{f}{msg_type}{f}{ack_control_id}{f}{processing}{f}{version}",
-        inbound.receiving_application, inbound.receiving_facility, inbound.sending_application, inbound.sending_facility,
+        inbound.receiving_application,
+        inbound.receiving_facility,
+        inbound.sending_application,
+        inbound.sending_facility,
     );
     if !inbound.charset.is_empty() {
         let _ = write!(s, "{f}{f}{f}{f}{f}{f}{}", inbound.charset);
@@ -419,7 +441,10 @@ mod tests {
 
     #[test]
     fn versions_two_one_to_two_eight_are_supported() {
-        for v in ["2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.2"] {
+        for v in [
+            "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8",
+            "2.8.2",
+        ] {
             assert!(version_supported(v), "{v}");
         }
         for v in ["", "2", "2.9", "3.0", "2.3.z", "2.10", "2.5.", "1.5"] {
@@ -427,13 +452,18 @@ mod tests {
         }
     }
 
-    const INBOUND: &str =
-        "MSH|^~\\&|LABSYS|MAINLAB|GATEWAY|HOSP|20240105103000+0100||ORU^R01^ORU_R01|LAB000123|P|2.5.1\rPID|1||123^^^H\r";
+    const INBOUND: &str = "MSH|^~\\&|LABSYS|MAINLAB|GATEWAY|HOSP|20240105103000+0100||ORU^R01^ORU_R01|LAB000123|P|2.5.1\rPID|1||123^^^H\r";
 
     #[test]
     fn accept_ack_swaps_sender_and_receiver_and_echoes_the_control_id() {
         let i = Inbound::scan(INBOUND);
-        let ack = build(&i, Code::AA, &Outcome::Stored, "20240105103000.412+0100", "GW-1");
+        let ack = build(
+            &i,
+            Code::AA,
+            &Outcome::Stored,
+            "20240105103000.412+0100",
+            "GW-1",
+        );
         assert_eq!(
             ack,
             "MSH|^~\\&|GATEWAY|HOSP|LABSYS|MAINLAB|20240105103000.412+0100||ACK^R01^ACK|GW-1|P|2.5.1\rMSA|AA|LAB000123\r"
@@ -444,8 +474,17 @@ mod tests {
     fn error_ack_has_an_err_segment_in_the_v25_layout() {
         let i = Inbound::scan(INBOUND);
         let p = Problem::new(102, "OBX-5 not numeric").at("OBX", 3, 5);
-        let ack = build(&i, Code::AE, &Outcome::Malformed(p), "20240105103000+0100", "GW-2");
-        assert!(ack.contains("\rMSA|AE|LAB000123|OBX-5 not numeric\r"), "{ack}");
+        let ack = build(
+            &i,
+            Code::AE,
+            &Outcome::Malformed(p),
+            "20240105103000+0100",
+            "GW-2",
+        );
+        assert!(
+            ack.contains("\rMSA|AE|LAB000123|OBX-5 not numeric\r"),
+            "{ack}"
+        );
         assert!(
             ack.contains("\rERR||OBX^3^5|102^Data type error^HL70357|E||||OBX-5 not numeric\r"),
             "{ack}"
@@ -457,9 +496,18 @@ mod tests {
         let text = INBOUND.replace("2.5.1", "2.3").replace("^ORU_R01", "");
         let i = Inbound::scan(&text);
         let p = Problem::new(102, "OBX-5 not numeric").at("OBX", 3, 5);
-        let ack = build(&i, Code::AE, &Outcome::Malformed(p), "20240105103000", "GW-3");
+        let ack = build(
+            &i,
+            Code::AE,
+            &Outcome::Malformed(p),
+            "20240105103000",
+            "GW-3",
+        );
         assert!(ack.contains("||ACK^R01|GW-3|P|2.3\r"), "{ack}");
-        assert!(ack.contains("\rERR|OBX^3^5^102&Data type error&HL70357\r"), "{ack}");
+        assert!(
+            ack.contains("\rERR|OBX^3^5^102&Data type error&HL70357\r"),
+            "{ack}"
+        );
     }
 
     #[test]
@@ -467,7 +515,10 @@ mod tests {
         let text = "MSH#*~\\&#A#B#C#D#20240101##ADT*A01#X1#T#2.4######8859/1\r";
         let i = Inbound::scan(text);
         let ack = build(&i, Code::AA, &Outcome::Stored, "20240101", "GW-4");
-        assert!(ack.starts_with("MSH#*~\\&#C#D#A#B#20240101##ACK*A01*ACK#GW-4#T#2.4######8859/1\r"), "{ack}");
+        assert!(
+            ack.starts_with("MSH#*~\\&#C#D#A#B#20240101##ACK*A01*ACK#GW-4#T#2.4######8859/1\r"),
+            "{ack}"
+        );
     }
 
     #[test]
@@ -479,7 +530,16 @@ mod tests {
 
     #[test]
     fn scan_of_garbage_never_panics_and_finds_nothing() {
-        for t in ["", "MSH", "MSH|", "PID|1", "MSH\u{e9}abc", "\u{feff}MSH|^", "MSH|||||||||", "MSH|&&&&|A"] {
+        for t in [
+            "",
+            "MSH",
+            "MSH|",
+            "PID|1",
+            "MSH\u{e9}abc",
+            "\u{feff}MSH|^",
+            "MSH|||||||||",
+            "MSH|&&&&|A",
+        ] {
             let i = Inbound::scan(t);
             let _ = build(&i, Code::AE, &Outcome::Malformed(problem(100)), "x", "y");
         }

@@ -80,7 +80,9 @@ impl Reply {
         let mut acks = Vec::new();
         for m in batch::split(payload).messages {
             let text = String::from_utf8_lossy(m);
-            let Ok(msg) = Message::parse(&text) else { continue };
+            let Ok(msg) = Message::parse(&text) else {
+                continue;
+            };
             let mut current: Option<AckInfo> = None;
             for seg in msg.segments() {
                 match seg.id() {
@@ -164,10 +166,13 @@ impl Client {
                 source: e,
             })?;
         let _ = tcp.set_nodelay(true);
-        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).map_err(|e| Error::Tls {
-            addr: addr.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-        })?;
+        let name =
+            rustls::pki_types::ServerName::try_from(server_name.to_owned()).map_err(|e| {
+                Error::Tls {
+                    addr: addr.to_owned(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                }
+            })?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
             .await
@@ -241,4 +246,3 @@ impl Client {
         )
     }
 }
-

@@ -76,7 +76,11 @@ impl AckIds {
         }
     }
     fn next(&self) -> String {
-        format!("{}.{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{}.{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
@@ -98,15 +102,19 @@ impl Listener {
     ) -> Result<Listener, Error> {
         let tls = match &cfg.tls {
             None => None,
-            Some(t) => Some(TlsAcceptor::from(super::tls::server_config(t).map_err(|e| Error::Tls {
-                source_name: source.to_owned(),
-                source: e,
-            })?)),
+            Some(t) => Some(TlsAcceptor::from(super::tls::server_config(t).map_err(
+                |e| Error::Tls {
+                    source_name: source.to_owned(),
+                    source: e,
+                },
+            )?)),
         };
-        let tcp = TcpListener::bind(cfg.listen).await.map_err(|e| Error::Bind {
-            addr: cfg.listen,
-            source: e,
-        })?;
+        let tcp = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| Error::Bind {
+                addr: cfg.listen,
+                source: e,
+            })?;
         Ok(Listener {
             tcp,
             tls,
@@ -153,7 +161,11 @@ impl Listener {
                 if !ctx.cfg.allowed_peers.iter().any(|n| n.contains(&ip)) {
                     ctx.metrics
                         .connections_closed
-                        .get_or_create(&Metrics::source_and(&ctx.source, "reason", "peer_not_allowed"))
+                        .get_or_create(&Metrics::source_and(
+                            &ctx.source,
+                            "reason",
+                            "peer_not_allowed",
+                        ))
                         .inc();
                     tracing::warn!(source = %ctx.source, %peer, "connection from a peer outside allowed_peers closed");
                     drop(stream);
@@ -217,7 +229,12 @@ fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
 }
 
 /// One connection: frames in, ACKs out, until EOF, a timeout, a limit breach or shutdown.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, ctx: &Ctx, peer: SocketAddr, mut shutdown: Shutdown) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    ctx: &Ctx,
+    peer: SocketAddr,
+    mut shutdown: Shutdown,
+) {
     let mut codec = Codec::new(ctx.cfg.max_frame);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let peer_s = peer.to_string();
@@ -233,7 +250,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, ctx: &Ctx, peer
                 Ok(Some(frame)) => {
                     let started = Instant::now();
                     if let Some(reply) = handle_frame(ctx, &peer_s, frame).await {
-                        if stream.write_all(&reply).await.is_err() || stream.flush().await.is_err() {
+                        if stream.write_all(&reply).await.is_err() || stream.flush().await.is_err()
+                        {
                             tracing::info!(source = %ctx.source, peer = %peer_s, "peer went away before its ACK was written");
                             return;
                         }
@@ -308,7 +326,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, ctx: &Ctx, peer
 /// Handles one frame and returns the framed reply (None when the sender asked for none).
 async fn handle_frame(ctx: &Ctx, peer: &str, frame: Bytes) -> Option<BytesMut> {
     let received_at_us = jiff::Timestamp::now().as_microsecond();
-    ctx.metrics.received.get_or_create(&Metrics::source(&ctx.source)).inc();
+    ctx.metrics
+        .received
+        .get_or_create(&Metrics::source(&ctx.source))
+        .inc();
     let split = batch::split(&frame);
     let (text, out_charset) = if split.messages.len() > 1 {
         handle_batch(ctx, peer, &frame, &split, received_at_us).await
@@ -328,31 +349,48 @@ struct Checked<'a> {
 }
 
 /// Decodes, parses and applies listener policy. `Err` carries the outcome to answer with.
-fn check<'a>(ctx: &Ctx, text: &'a str) -> Result<Checked<'a>, (Inbound<'a>, Outcome)> {
-    let msg = Message::parse(text).map_err(|e| (Inbound::scan(text), Outcome::Malformed(problem_of(&e))))?;
+fn check<'a>(ctx: &Ctx, text: &'a str) -> Result<Checked<'a>, Box<(Inbound<'a>, Outcome)>> {
+    let msg = Message::parse(text)
+        .map_err(|e| Box::new((Inbound::scan(text), Outcome::Malformed(problem_of(&e)))))?;
     let header = msg
         .header()
-        .map_err(|e| (Inbound::scan(text), Outcome::Malformed(problem_of(&e))))?;
+        .map_err(|e| Box::new((Inbound::scan(text), Outcome::Malformed(problem_of(&e)))))?;
     let inbound = Inbound::from_header(&header, msg.delimiters());
-    let unsupported = |code: u16, text: &str, field: u16| Outcome::Unsupported(Problem::new(code, text).at("MSH", 1, field));
-    if !ctx.cfg.accepts_type(header.message_code, header.trigger_event) {
-        let code_known = ctx.cfg.accepts_type(header.message_code, "*")
-            || ctx
-                .cfg
-                .message_types
-                .iter()
-                .any(|p| p.split('^').next().is_some_and(|c| c.eq_ignore_ascii_case(header.message_code)));
-        return Err(if code_known {
-            (inbound, unsupported(201, "event not accepted on this listener", 9))
-        } else {
-            (inbound, unsupported(200, "message type not accepted on this listener", 9))
+    let unsupported = |code: u16, text: &str, field: u16| {
+        Outcome::Unsupported(Problem::new(code, text).at("MSH", 1, field))
+    };
+    if !ctx
+        .cfg
+        .accepts_type(header.message_code, header.trigger_event)
+    {
+        let code_known = ctx.cfg.message_types.iter().any(|p| {
+            p.split('^')
+                .next()
+                .is_some_and(|c| c.eq_ignore_ascii_case(header.message_code))
         });
+        return Err(Box::new(if code_known {
+            (
+                inbound,
+                unsupported(201, "event not accepted on this listener", 9),
+            )
+        } else {
+            (
+                inbound,
+                unsupported(200, "message type not accepted on this listener", 9),
+            )
+        }));
     }
     if !ctx.cfg.accepts_processing_id(header.processing_id) {
-        return Err((inbound, unsupported(202, "processing id not accepted on this listener", 11)));
+        return Err(Box::new((
+            inbound,
+            unsupported(202, "processing id not accepted on this listener", 11),
+        )));
     }
     if !ack::version_supported(header.version) {
-        return Err((inbound, unsupported(203, "HL7 version not supported (2.1 to 2.8)", 12)));
+        return Err(Box::new((
+            inbound,
+            unsupported(203, "HL7 version not supported (2.1 to 2.8)", 12),
+        )));
     }
     let meta = Meta {
         control_id: header.control_id.to_owned(),
@@ -369,7 +407,13 @@ fn problem_of(e: &hl7::Error) -> Problem {
     p
 }
 
-fn new_envelope(ctx: &Ctx, peer: &str, received_at_us: i64, meta: Meta, payload: Bytes) -> NewEnvelope {
+fn new_envelope(
+    ctx: &Ctx,
+    peer: &str,
+    received_at_us: i64,
+    meta: Meta,
+    payload: Bytes,
+) -> NewEnvelope {
     NewEnvelope {
         tenant: ctx.tenant.clone(),
         source: ctx.source.clone(),
@@ -394,7 +438,14 @@ fn store_failure(ctx: &Ctx, e: &queue::Error) -> Outcome {
     Outcome::NotStored(Problem::new(207, text))
 }
 
-async fn keep_rejected(ctx: &Ctx, peer: &str, received_at_us: i64, inbound: &Inbound<'_>, payload: Bytes, problem: &Problem) {
+async fn keep_rejected(
+    ctx: &Ctx,
+    peer: &str,
+    received_at_us: i64,
+    inbound: &Inbound<'_>,
+    payload: Bytes,
+    problem: &Problem,
+) {
     ctx.metrics
         .rejected
         .get_or_create(&Metrics::source_and(&ctx.source, "reason", "malformed"))
@@ -404,11 +455,19 @@ async fn keep_rejected(ctx: &Ctx, peer: &str, received_at_us: i64, inbound: &Inb
         ..Meta::default()
     };
     let item = new_envelope(ctx, peer, received_at_us, meta, payload);
-    match ctx.queue.reject(item, format!("{} {}", problem.code, problem.text)).await {
-        Ok(id) => tracing::warn!(source = %ctx.source, %peer, envelope_id = id, control_id = %short(inbound.control_id),
-            code = problem.code, error = %problem.text, "malformed message kept in the rejected area"),
-        Err(e) => tracing::error!(source = %ctx.source, %peer, control_id = %short(inbound.control_id),
-            code = problem.code, error = %e, "malformed message could not be kept for inspection"),
+    match ctx
+        .queue
+        .reject(item, format!("{} {}", problem.code, problem.text))
+        .await
+    {
+        Ok(id) => {
+            tracing::warn!(source = %ctx.source, %peer, envelope_id = id, control_id = %short(inbound.control_id),
+            code = problem.code, error = %problem.text, "malformed message kept in the rejected area")
+        }
+        Err(e) => {
+            tracing::error!(source = %ctx.source, %peer, control_id = %short(inbound.control_id),
+            code = problem.code, error = %e, "malformed message could not be kept for inspection")
+        }
     }
 }
 
@@ -422,7 +481,11 @@ fn short(s: &str) -> &str {
 
 fn finish(ctx: &Ctx, inbound: &Inbound<'_>, outcome: &Outcome) -> Option<String> {
     let force_original = ctx.cfg.ack_mode == AckMode::Original;
-    let mode = ack::mode(inbound.accept_ack_type, inbound.application_ack_type, force_original);
+    let mode = ack::mode(
+        inbound.accept_ack_type,
+        inbound.application_ack_type,
+        force_original,
+    );
     let code = ack::code(mode, outcome);
     ctx.metrics
         .acks
@@ -431,17 +494,32 @@ fn finish(ctx: &Ctx, inbound: &Inbound<'_>, outcome: &Outcome) -> Option<String>
     if !ack::wanted(mode, inbound.accept_ack_type, code) {
         return None;
     }
-    Some(ack::build(inbound, code, outcome, &now_hl7(), &ctx.ack_ids.next()))
+    Some(ack::build(
+        inbound,
+        code,
+        outcome,
+        &now_hl7(),
+        &ctx.ack_ids.next(),
+    ))
 }
 
 /// MSH-7 for ACKs: local time with milliseconds and offset.
 fn now_hl7() -> String {
     let now = jiff::ZonedDateTime::now();
     let ms = now.subsec_nanosecond() / 1_000_000;
-    format!("{}.{ms:03}{}", now.strftime("%Y%m%d%H%M%S"), now.strftime("%z"))
+    format!(
+        "{}.{ms:03}{}",
+        now.strftime("%Y%m%d%H%M%S"),
+        now.strftime("%z")
+    )
 }
 
-async fn handle_message(ctx: &Ctx, peer: &str, frame: &Bytes, received_at_us: i64) -> Option<(String, Charset)> {
+async fn handle_message(
+    ctx: &Ctx,
+    peer: &str,
+    frame: &Bytes,
+    received_at_us: i64,
+) -> Option<(String, Charset)> {
     let decoded = charset::decode(frame, ctx.cfg.default_charset);
     let (text, cs) = match decoded {
         Ok((t, cs)) => (t, cs),
@@ -455,7 +533,8 @@ async fn handle_message(ctx: &Ctx, peer: &str, frame: &Bytes, received_at_us: i6
         }
     };
     let (inbound, outcome) = match check(ctx, &text) {
-        Err((inbound, outcome)) => {
+        Err(rejected) => {
+            let (inbound, outcome) = *rejected;
             if let Outcome::Malformed(p) = &outcome {
                 keep_rejected(ctx, peer, received_at_us, &inbound, frame.clone(), p).await;
             } else {
@@ -473,7 +552,10 @@ async fn handle_message(ctx: &Ctx, peer: &str, frame: &Bytes, received_at_us: i6
             let item = new_envelope(ctx, peer, received_at_us, c.meta, frame.clone());
             let outcome = match ctx.queue.push(item).await {
                 Ok(p) if p.duplicate => {
-                    ctx.metrics.duplicates.get_or_create(&Metrics::source(&ctx.source)).inc();
+                    ctx.metrics
+                        .duplicates
+                        .get_or_create(&Metrics::source(&ctx.source))
+                        .inc();
                     tracing::info!(source = %ctx.source, %peer, envelope_id = p.id, control_id = %short(&control_id),
                         "resend of a stored message acknowledged again");
                     Outcome::Duplicate
@@ -527,7 +609,8 @@ async fn handle_batch(
     for (text, _, raw) in &texts {
         match check(ctx, text) {
             Ok(c) => checked.push((c, *raw)),
-            Err((inbound, outcome)) => {
+            Err(rejected) => {
+                let (inbound, outcome) = *rejected;
                 if let Outcome::Malformed(p) = &outcome {
                     keep_rejected(ctx, peer, received_at_us, &inbound, frame.clone(), p).await;
                 }
@@ -537,12 +620,26 @@ async fn handle_batch(
     }
     let items = checked
         .iter()
-        .map(|(c, raw)| new_envelope(ctx, peer, received_at_us, c.meta.clone(), frame.slice_ref(raw)))
+        .map(|(c, raw)| {
+            new_envelope(
+                ctx,
+                peer,
+                received_at_us,
+                c.meta.clone(),
+                frame.slice_ref(raw),
+            )
+        })
         .collect();
     let outcomes: Vec<Outcome> = match ctx.queue.push_all(items).await {
         Ok(pushed) => pushed
             .iter()
-            .map(|p| if p.duplicate { Outcome::Duplicate } else { Outcome::Stored })
+            .map(|p| {
+                if p.duplicate {
+                    Outcome::Duplicate
+                } else {
+                    Outcome::Stored
+                }
+            })
             .collect(),
         Err(e) => {
             tracing::warn!(source = %ctx.source, %peer, messages = checked.len(), error = %e, "batch not stored");
@@ -573,7 +670,9 @@ async fn handle_batch(
         }
     }
     if split.is_batch {
-        let f = checked.first().map_or('|', |(c, _)| c.inbound.delimiters.field);
+        let f = checked
+            .first()
+            .map_or('|', |(c, _)| c.inbound.delimiters.field);
         reply.push_str(&format!("BTS{f}{}\r", checked.len()));
     }
     Some((reply, first_cs))

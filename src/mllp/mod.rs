@@ -84,7 +84,10 @@ pub struct TlsConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    #[allow(dead_code, reason = "read by config's first pass; allowed here so deny_unknown_fields accepts it")]
+    #[allow(
+        dead_code,
+        reason = "read by config's first pass; allowed here so deny_unknown_fields accepts it"
+    )]
     kind: String,
     pub(crate) name: String,
     pub(crate) tenant: String,
@@ -132,12 +135,18 @@ impl RawConfig {
         };
         let max_connections = self.max_connections.unwrap_or(64);
         if !(1..=10_000).contains(&max_connections) {
-            return Err(("max_connections".into(), "must be between 1 and 10000".into()));
+            return Err((
+                "max_connections".into(),
+                "must be between 1 and 10000".into(),
+            ));
         }
         let idle_timeout = self.idle_timeout.map_or(Duration::from_secs(3600), |d| d.0);
         let frame_timeout = self.frame_timeout.map_or(Duration::from_secs(60), |d| d.0);
         if idle_timeout.is_zero() || frame_timeout.is_zero() {
-            return Err(("idle_timeout".into(), "timeouts must be greater than zero".into()));
+            return Err((
+                "idle_timeout".into(),
+                "timeouts must be greater than zero".into(),
+            ));
         }
         let mut allowed_peers = Vec::new();
         for (i, p) in self.allowed_peers.iter().enumerate() {
@@ -154,11 +163,17 @@ impl RawConfig {
         }
         let default_charset = match &self.charset {
             None => Charset::Latin1,
-            Some(c) => Charset::from_code(c)
-                .map_err(|_| ("charset".to_owned(), "not a supported MSH-18 character set".to_owned()))?,
+            Some(c) => Charset::from_code(c).map_err(|_| {
+                (
+                    "charset".to_owned(),
+                    "not a supported MSH-18 character set".to_owned(),
+                )
+            })?,
         };
         for (i, t) in self.message_types.iter().enumerate() {
-            let ok = t.split_once('^').is_some_and(|(c, e)| !c.is_empty() && !e.is_empty());
+            let ok = t
+                .split_once('^')
+                .is_some_and(|(c, e)| !c.is_empty() && !e.is_empty());
             if !ok {
                 return Err((
                     format!("message_types[{i}]"),
@@ -193,12 +208,17 @@ impl Config {
         self.message_types.is_empty()
             || self.message_types.iter().any(|p| {
                 let (pc, pt) = p.split_once('^').unwrap_or((p, "*"));
-                (pc == "*" || pc.eq_ignore_ascii_case(code)) && (pt == "*" || pt.eq_ignore_ascii_case(trigger))
+                (pc == "*" || pc.eq_ignore_ascii_case(code))
+                    && (pt == "*" || pt.eq_ignore_ascii_case(trigger))
             })
     }
 
     /// Whether this listener takes this MSH-11 processing id.
     pub fn accepts_processing_id(&self, id: &str) -> bool {
-        self.processing_ids.is_empty() || self.processing_ids.iter().any(|p| p.eq_ignore_ascii_case(id))
+        self.processing_ids.is_empty()
+            || self
+                .processing_ids
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(id))
     }
 }

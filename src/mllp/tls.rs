@@ -75,7 +75,8 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, Error> {
 pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, Error> {
     let certs = load_certs(&cfg.cert)?;
     let key = load_key(&cfg.key)?;
-    let builder = ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = match &cfg.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -91,7 +92,10 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, Error> {
 
 /// A client configuration trusting `ca` (or the system bundle), optionally presenting a
 /// client certificate.
-pub fn client_config(ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> Result<Arc<ClientConfig>, Error> {
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, Error> {
     let roots = match ca {
         Some(p) => load_roots(p)?,
         None => {

@@ -11,14 +11,21 @@ use crate::support::{self, Gateway};
 
 /// What the gateway should do with a message, judged by the parser alone.
 fn well_formed(raw: &[u8]) -> bool {
-    let Ok((text, _)) = charset::decode(raw, Charset::Latin1) else { return false };
-    let Ok(msg) = Message::parse(&text) else { return false };
-    msg.header().is_ok_and(|h| ack::version_supported(h.version))
+    let Ok((text, _)) = charset::decode(raw, Charset::Latin1) else {
+        return false;
+    };
+    let Ok(msg) = Message::parse(&text) else {
+        return false;
+    };
+    msg.header()
+        .is_ok_and(|h| ack::version_supported(h.version))
 }
 
 #[tokio::test]
 async fn every_well_formed_corpus_message_gets_aa_and_the_rest_never_do() {
-    let Some(dir) = support::corpus_dir("hl7v2") else { return };
+    let Some(dir) = support::corpus_dir("hl7v2") else {
+        return;
+    };
     // 120 corpus messages set MSH-15 to NE or ER (enhanced mode: no accept ACK on success); the
     // per-source override answers every message in original mode so each gets its AA/AE/AR.
     let gw = Gateway::start("ack_mode = \"original\"\n", "max_messages = 100000\n").await;
@@ -62,7 +69,12 @@ async fn every_well_formed_corpus_message_gets_aa_and_the_rest_never_do() {
     eprintln!(
         "corpus over MLLP: {files} files, {accepted} messages AA, {refused} refused with ERR, {skipped} unframeable skipped"
     );
-    assert!(wrong.is_empty(), "{} wrong answers:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} wrong answers:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
     assert!(accepted > 500, "too few accepted: {accepted}");
     gw.stop().await;
 }

@@ -22,9 +22,19 @@ async fn well_formed_message_gets_aa_only_once_it_is_in_the_queue() {
     assert_eq!(stored[0].meta.control_id, "MSG-0001");
     assert_eq!(stored[0].meta.message_type, "ORU^R01");
     assert_eq!(stored[0].source, "lab");
-    assert_eq!(stored[0].payload.as_ref(), oru("MSG-0001").as_slice(), "raw bytes kept unchanged");
+    assert_eq!(
+        stored[0].payload.as_ref(),
+        oru("MSG-0001").as_slice(),
+        "raw bytes kept unchanged"
+    );
     // The ACK swaps sender and receiver (protocols.md §3.4).
-    assert!(reply.raw.starts_with("MSH|^~\\&|CAREGATE|HOSP|LABSYS|MAINLAB|"), "{}", reply.raw);
+    assert!(
+        reply
+            .raw
+            .starts_with("MSH|^~\\&|CAREGATE|HOSP|LABSYS|MAINLAB|"),
+        "{}",
+        reply.raw
+    );
     assert!(reply.raw.contains("|ACK^R01^ACK|"), "{}", reply.raw);
     gw.stop().await;
 }
@@ -36,7 +46,10 @@ async fn many_messages_on_one_connection_are_each_acknowledged_in_order() {
     for i in 0..50 {
         let id = format!("SEQ-{i}");
         let reply = c.send(&oru(&id)).await.unwrap();
-        assert_eq!((code(&reply), reply.acks[0].control_id.clone()), ("AA".to_owned(), id));
+        assert_eq!(
+            (code(&reply), reply.acks[0].control_id.clone()),
+            ("AA".to_owned(), id)
+        );
     }
     assert_eq!(gw.queue().scan("north").unwrap().len(), 50);
     gw.stop().await;
@@ -51,7 +64,10 @@ async fn resend_of_the_same_control_id_is_stored_once_and_acknowledged_again() {
     let mut c2 = gw.client().await;
     assert_eq!(code(&c2.send(&oru("DUP-1")).await.unwrap()), "AA");
     assert_eq!(gw.queue().scan("north").unwrap().len(), 1);
-    assert!(gw.metrics_text().contains("caregate_messages_duplicate_total{source=\"lab\"} 1"));
+    assert!(
+        gw.metrics_text()
+            .contains("caregate_messages_duplicate_total{source=\"lab\"} 1")
+    );
     gw.stop().await;
 }
 
@@ -66,14 +82,28 @@ async fn enhanced_mode_gets_commit_accept() {
 
 #[tokio::test]
 async fn accept_ack_type_ne_is_honoured_unless_the_source_forces_original_mode() {
-    let ne = String::from_utf8(oru_enhanced("NE-1")).unwrap().replace("|AL|NE", "|NE|NE");
+    let ne = String::from_utf8(oru_enhanced("NE-1"))
+        .unwrap()
+        .replace("|AL|NE", "|NE|NE");
     let gw = Gateway::start("", "").await;
-    let mut c = Client::connect(&gw.addr(), Duration::from_millis(500)).await.unwrap();
-    assert!(c.send(ne.as_bytes()).await.is_err(), "NE asks for no accept ACK");
-    assert_eq!(gw.queue().scan("north").unwrap().len(), 1, "but the message is stored");
+    let mut c = Client::connect(&gw.addr(), Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert!(
+        c.send(ne.as_bytes()).await.is_err(),
+        "NE asks for no accept ACK"
+    );
+    assert_eq!(
+        gw.queue().scan("north").unwrap().len(),
+        1,
+        "but the message is stored"
+    );
     gw.stop().await;
     let gw = Gateway::start("ack_mode = \"original\"\n", "").await;
-    assert_eq!(code(&gw.client().await.send(ne.as_bytes()).await.unwrap()), "AA");
+    assert_eq!(
+        code(&gw.client().await.send(ne.as_bytes()).await.unwrap()),
+        "AA"
+    );
     gw.stop().await;
 }
 
@@ -95,12 +125,22 @@ async fn malformed_input_gets_ae_with_err_and_is_kept_in_the_rejected_area() {
         let reply = c.send(raw).await.unwrap();
         let a = &reply.acks[0];
         assert_eq!(a.code_text, "AE", "{}", reply.raw);
-        assert!(!a.error_codes.is_empty(), "ERR segment expected: {}", reply.raw);
+        assert!(
+            !a.error_codes.is_empty(),
+            "ERR segment expected: {}",
+            reply.raw
+        );
     }
-    assert!(gw.queue().scan("north").unwrap().is_empty(), "nothing malformed is queued for forwarding");
+    assert!(
+        gw.queue().scan("north").unwrap().is_empty(),
+        "nothing malformed is queued for forwarding"
+    );
     assert_eq!(gw.queue().rejected("north").unwrap().len(), cases.len());
     let text = gw.metrics_text();
-    assert!(text.contains("caregate_messages_rejected_total{source=\"lab\",reason=\"malformed\"} 4"), "{text}");
+    assert!(
+        text.contains("caregate_messages_rejected_total{source=\"lab\",reason=\"malformed\"} 4"),
+        "{text}"
+    );
     gw.stop().await;
 }
 
@@ -118,15 +158,30 @@ async fn malformed_input_in_enhanced_mode_gets_ce() {
 async fn unsupported_version_and_type_get_ar_with_their_table_0357_codes() {
     let gw = Gateway::start("message_types = [\"ORU^R01\"]\n", "").await;
     let mut c = gw.client().await;
-    let v = String::from_utf8(oru("V-1")).unwrap().replace("|2.5.1", "|3.0");
+    let v = String::from_utf8(oru("V-1"))
+        .unwrap()
+        .replace("|2.5.1", "|3.0");
     let reply = c.send(v.as_bytes()).await.unwrap();
-    assert_eq!((code(&reply), reply.acks[0].error_codes.clone()), ("AR".into(), vec!["203".to_owned()]));
-    let t = String::from_utf8(oru("T-1")).unwrap().replace("ORU^R01^ORU_R01", "ADT^A01^ADT_A01");
+    assert_eq!(
+        (code(&reply), reply.acks[0].error_codes.clone()),
+        ("AR".into(), vec!["203".to_owned()])
+    );
+    let t = String::from_utf8(oru("T-1"))
+        .unwrap()
+        .replace("ORU^R01^ORU_R01", "ADT^A01^ADT_A01");
     let reply = c.send(t.as_bytes()).await.unwrap();
-    assert_eq!((code(&reply), reply.acks[0].error_codes.clone()), ("AR".into(), vec!["200".to_owned()]));
-    let e = String::from_utf8(oru("E-1")).unwrap().replace("ORU^R01^ORU_R01", "ORU^R30");
+    assert_eq!(
+        (code(&reply), reply.acks[0].error_codes.clone()),
+        ("AR".into(), vec!["200".to_owned()])
+    );
+    let e = String::from_utf8(oru("E-1"))
+        .unwrap()
+        .replace("ORU^R01^ORU_R01", "ORU^R30");
     let reply = c.send(e.as_bytes()).await.unwrap();
-    assert_eq!((code(&reply), reply.acks[0].error_codes.clone()), ("AR".into(), vec!["201".to_owned()]));
+    assert_eq!(
+        (code(&reply), reply.acks[0].error_codes.clone()),
+        ("AR".into(), vec!["201".to_owned()])
+    );
     assert!(gw.queue().scan("north").unwrap().is_empty());
     gw.stop().await;
 }
@@ -142,7 +197,13 @@ async fn queue_full_gives_ar_or_cr_and_stores_nothing() {
     assert_eq!(reply.acks[0].error_codes, vec!["207".to_owned()]);
     let reply = c.send(&oru_enhanced("F-4")).await.unwrap();
     assert_eq!(code(&reply), "CR", "{}", reply.raw);
-    let ids: Vec<String> = gw.queue().scan("north").unwrap().into_iter().map(|e| e.meta.control_id).collect();
+    let ids: Vec<String> = gw
+        .queue()
+        .scan("north")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.meta.control_id)
+        .collect();
     assert_eq!(ids, ["F-1", "F-2"]);
     // A resend of a stored message is still answered AA: it needs no space.
     assert_eq!(code(&c.send(&oru("F-1")).await.unwrap()), "AA");
@@ -171,9 +232,18 @@ async fn a_failing_disk_never_gives_aa_and_the_gateway_recovers_when_it_heals() 
         }
     }
     assert!(healed, "gateway did not recover after the disk healed");
-    let ids: Vec<String> = gw.queue().scan("north").unwrap().into_iter().map(|e| e.meta.control_id).collect();
+    let ids: Vec<String> = gw
+        .queue()
+        .scan("north")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.meta.control_id)
+        .collect();
     assert_eq!(ids, ["D-1", "D-9"], "nothing that got AR was stored");
-    assert!(gw.metrics_text().contains("caregate_queue_commit_failures_total"));
+    assert!(
+        gw.metrics_text()
+            .contains("caregate_queue_commit_failures_total")
+    );
     gw.stop().await;
 }
 
@@ -185,7 +255,10 @@ async fn oversized_frame_closes_that_connection_while_another_sender_keeps_getti
     let mut frame = vec![0x0b];
     frame.extend(std::iter::repeat_n(b'A', 4096));
     big.write_raw(&frame).await.unwrap();
-    assert!(big.closed_within(Duration::from_secs(5)).await, "oversized sender not disconnected");
+    assert!(
+        big.closed_within(Duration::from_secs(5)).await,
+        "oversized sender not disconnected"
+    );
     assert_eq!(code(&other.send(&oru("O-1")).await.unwrap()), "AA");
     assert!(gw.metrics_text().contains("reason=\"oversized\""));
     gw.stop().await;
@@ -195,10 +268,15 @@ async fn oversized_frame_closes_that_connection_while_another_sender_keeps_getti
 async fn garbage_between_frames_is_skipped_and_counted() {
     let gw = Gateway::start("", "").await;
     let mut c = gw.client().await;
-    c.write_raw(b"\r\n\r\nnoise before the frame").await.unwrap();
+    c.write_raw(b"\r\n\r\nnoise before the frame")
+        .await
+        .unwrap();
     assert_eq!(code(&c.send(&oru("G-1")).await.unwrap()), "AA");
     let text = gw.metrics_text();
-    assert!(text.contains("caregate_mllp_garbage_bytes_total{source=\"lab\"} 26"), "{text}");
+    assert!(
+        text.contains("caregate_mllp_garbage_bytes_total{source=\"lab\"} 26"),
+        "{text}"
+    );
     gw.stop().await;
 }
 
@@ -211,10 +289,22 @@ async fn a_stalled_half_frame_is_dropped_after_frame_timeout_and_others_keep_flo
     stalled.write_raw(half).await.unwrap();
     let mut other = gw.client().await;
     for i in 0..5 {
-        assert_eq!(code(&other.send(&oru(&format!("H-OK-{i}"))).await.unwrap()), "AA");
+        assert_eq!(
+            code(&other.send(&oru(&format!("H-OK-{i}"))).await.unwrap()),
+            "AA"
+        );
     }
-    assert!(stalled.closed_within(Duration::from_secs(5)).await, "stalled sender not disconnected");
-    let ids: Vec<String> = gw.queue().scan("north").unwrap().into_iter().map(|e| e.meta.control_id).collect();
+    assert!(
+        stalled.closed_within(Duration::from_secs(5)).await,
+        "stalled sender not disconnected"
+    );
+    let ids: Vec<String> = gw
+        .queue()
+        .scan("north")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.meta.control_id)
+        .collect();
     assert!(!ids.contains(&"H-1".to_owned()));
     assert!(gw.metrics_text().contains("reason=\"frame_timeout\""));
     gw.stop().await;
@@ -278,7 +368,10 @@ async fn peers_outside_allowed_networks_are_refused() {
     assert!(gw.metrics_text().contains("reason=\"peer_not_allowed\""));
     gw.stop().await;
     let gw = Gateway::start("allowed_peers = [\"127.0.0.0/8\"]\n", "").await;
-    assert_eq!(code(&gw.client().await.send(&oru("P-2")).await.unwrap()), "AA");
+    assert_eq!(
+        code(&gw.client().await.send(&oru("P-2")).await.unwrap()),
+        "AA"
+    );
     gw.stop().await;
 }
 
@@ -296,7 +389,12 @@ async fn batch_in_one_frame_is_stored_atomically_and_answered_per_message() {
         .iter()
         .map(|a| (a.code_text.clone(), a.control_id.clone()))
         .collect();
-    assert_eq!(got, [("AA".into(), "B-1".into()), ("AA".into(), "B-2".into())], "{}", reply.raw);
+    assert_eq!(
+        got,
+        [("AA".into(), "B-1".into()), ("AA".into(), "B-2".into())],
+        "{}",
+        reply.raw
+    );
     assert!(reply.raw.starts_with("BHS|"), "{}", reply.raw);
     assert_eq!(gw.queue().scan("north").unwrap().len(), 2);
     gw.stop().await;
@@ -403,7 +501,13 @@ async fn tls12_client_is_refused() {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let r = Client::connect_tls(&gw.addr(), "localhost", std::sync::Arc::new(config), Duration::from_secs(5)).await;
+    let r = Client::connect_tls(
+        &gw.addr(),
+        "localhost",
+        std::sync::Arc::new(config),
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(r.is_err(), "TLS 1.2 handshake must fail");
     gw.stop().await;
 }
@@ -414,18 +518,29 @@ async fn with_client_ca_a_client_without_certificate_is_refused_and_one_with_is_
     let gw = Gateway::start(&tls_source(&pki, true), "").await;
     let anonymous = caregate::mllp::tls::client_config(Some(&pki.ca), None).unwrap();
     // TLS 1.3 client auth fails after the client's handshake completes: the first exchange fails.
-    let refused = match Client::connect_tls(&gw.addr(), "localhost", anonymous, Duration::from_secs(5)).await {
-        Err(_) => true,
-        Ok(mut c) => c.send(&oru("MTLS-0")).await.is_err(),
-    };
+    let refused =
+        match Client::connect_tls(&gw.addr(), "localhost", anonymous, Duration::from_secs(5)).await
+        {
+            Err(_) => true,
+            Ok(mut c) => c.send(&oru("MTLS-0")).await.is_err(),
+        };
     assert!(refused, "client without a certificate must be refused");
-    let with_cert =
-        caregate::mllp::tls::client_config(Some(&pki.ca), Some((&pki.client_cert, &pki.client_key))).unwrap();
+    let with_cert = caregate::mllp::tls::client_config(
+        Some(&pki.ca),
+        Some((&pki.client_cert, &pki.client_key)),
+    )
+    .unwrap();
     let mut c = Client::connect_tls(&gw.addr(), "localhost", with_cert, Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(code(&c.send(&oru("MTLS-1")).await.unwrap()), "AA");
-    let ids: Vec<String> = gw.queue().scan("north").unwrap().into_iter().map(|e| e.meta.control_id).collect();
+    let ids: Vec<String> = gw
+        .queue()
+        .scan("north")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.meta.control_id)
+        .collect();
     assert_eq!(ids, ["MTLS-1"]);
     gw.stop().await;
 }

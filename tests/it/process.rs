@@ -15,11 +15,14 @@ use crate::support::{code, oru};
 const BIN: &str = env!("CARGO_BIN_EXE_caregate");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Daemon {
-    config: PathBuf,
     mllp: String,
     child: Option<Child>,
     log: PathBuf,
@@ -40,7 +43,11 @@ impl Daemon {
     }
 
     fn start(config: &Path, mllp: &str, log: PathBuf) -> Daemon {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
@@ -49,14 +56,17 @@ impl Daemon {
             .spawn()
             .unwrap();
         let d = Daemon {
-            config: config.to_owned(),
             mllp: mllp.to_owned(),
             child: Some(child),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&d.mllp).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not start: {}", std::fs::read_to_string(&d.log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                std::fs::read_to_string(&d.log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         d
@@ -70,7 +80,10 @@ impl Daemon {
 
     fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().unwrap();
-        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
         c.wait().unwrap()
     }
 }
@@ -95,7 +108,9 @@ async fn sigkill_under_eight_connection_load_loses_no_acknowledged_message() {
         let acked = acked.clone();
         let addr = mllp.clone();
         tasks.push(tokio::spawn(async move {
-            let Ok(mut c) = Client::connect(&addr, Duration::from_secs(5)).await else { return };
+            let Ok(mut c) = Client::connect(&addr, Duration::from_secs(5)).await else {
+                return;
+            };
             for i in 0.. {
                 let id = format!("K-{conn}-{i}");
                 match c.send(&oru(&id)).await {
@@ -112,11 +127,17 @@ async fn sigkill_under_eight_connection_load_loses_no_acknowledged_message() {
         t.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 100, "load too small to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "load too small to mean anything: {}",
+        acked.len()
+    );
 
     // Restart on the same data: it must open cleanly and keep serving.
     let mut daemon = Daemon::start(&config, &mllp, dir.path().join("log"));
-    let mut c = Client::connect(&mllp, Duration::from_secs(5)).await.unwrap();
+    let mut c = Client::connect(&mllp, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(code(&c.send(&oru("AFTER-RESTART")).await.unwrap()), "AA");
     drop(c);
     assert!(daemon.terminate().success());
@@ -131,11 +152,23 @@ async fn sigkill_under_eight_connection_load_loses_no_acknowledged_message() {
     for e in queue.scan("north").unwrap() {
         *counts.entry(e.meta.control_id).or_default() += 1;
     }
-    let missing: Vec<&String> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "{} acknowledged messages lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     let doubled: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "stored more than once: {doubled:?}");
-    eprintln!("sigkill test: {} ACKed before the kill, {} stored after restart", acked.len(), counts.len());
+    eprintln!(
+        "sigkill test: {} ACKed before the kill, {} stored after restart",
+        acked.len(),
+        counts.len()
+    );
 }
 
 #[tokio::test]
@@ -147,21 +180,43 @@ async fn send_prints_each_ack_and_exits_non_zero_on_a_reject() {
     let good = dir.path().join("two.hl7");
     let text = [oru("CLI-1"), oru("CLI-2")].concat();
     std::fs::write(&good, String::from_utf8(text).unwrap().replace('\r', "\n")).unwrap();
-    let out = Command::new(BIN).args(["send", "--to", &mllp]).arg(&good).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["send", "--to", &mllp])
+        .arg(&good)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("#1: AA CLI-1") && stdout.contains("#2: AA CLI-2"), "{stdout}");
+    assert!(
+        stdout.contains("#1: AA CLI-1") && stdout.contains("#2: AA CLI-2"),
+        "{stdout}"
+    );
 
     let bad = dir.path().join("bad.hl7");
     std::fs::write(&bad, "MSH|^~\\&|A|B|C|D|2024||ORU^R01||P|2.5.1\n").unwrap();
-    let out = Command::new(BIN).args(["send", "--to", &mllp]).arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["send", "--to", &mllp])
+        .arg(&bad)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{stdout}");
-    assert!(stdout.contains(": AE ") && stdout.contains("[101]"), "{stdout}");
+    assert!(
+        stdout.contains(": AE ") && stdout.contains("[101]"),
+        "{stdout}"
+    );
 
     // queue stats works while the daemon runs (read-only open).
-    let out = Command::new(BIN).args(["queue", "stats", "--json", "--config"]).arg(&config).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["queue", "stats", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["total_messages"], 2, "{v}");
     assert_eq!(v["rejected"], 1, "{v}");
@@ -177,7 +232,11 @@ fn send_times_out_against_a_silent_peer() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("m.hl7");
     std::fs::write(&f, oru("T-1")).unwrap();
-    let out = Command::new(BIN).args(["send", "--timeout", "300ms", "--to", &addr]).arg(&f).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["send", "--timeout", "300ms", "--to", &addr])
+        .arg(&f)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("no acknowledgement"));
 }
@@ -187,9 +246,21 @@ fn every_shipped_config_file_validates() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let files = crate::support::walk(&root);
     assert!(!files.is_empty());
-    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "toml")) {
-        let out = Command::new(BIN).args(["check-config", "--config"]).arg(f).output().unwrap();
-        assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "toml"))
+    {
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -197,9 +268,16 @@ fn every_shipped_config_file_validates() {
 fn check_config_names_file_key_and_line_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let (config, _) = Daemon::write_config(dir.path());
-    let text = std::fs::read_to_string(&config).unwrap().replace("kind = \"mllp\"", "kind = \"mllp\"\nmax_frame = \"8 parsecs\"");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "kind = \"mllp\"",
+        "kind = \"mllp\"\nmax_frame = \"8 parsecs\"",
+    );
     std::fs::write(&config, text).unwrap();
-    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:10:", config.display())), "{err}");
@@ -210,6 +288,7 @@ fn check_config_names_file_key_and_line_and_exits_64() {
 fn print_config_is_the_shipped_default_and_it_validates() {
     let out = Command::new(BIN).arg("print-config").output().unwrap();
     assert!(out.status.success());
-    let shipped = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/caregate.toml")).unwrap();
+    let shipped =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/caregate.toml")).unwrap();
     assert_eq!(out.stdout, shipped);
 }

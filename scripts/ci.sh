@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this): installs what it needs on a fresh
+# Debian machine, then format check, clippy with warnings as errors, every test, docs.
+# Usage: scripts/ci.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+export CARGO_TERM_COLOR=never
+echo "== fmt";    cargo fmt --all -- --check
+echo "== clippy"; cargo clippy --all-targets --locked -- -D warnings
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+  cargo test --locked --doc
+else
+  cargo test --locked --no-fail-fast
+fi
+echo "== docs";   RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+echo "ci: all green"

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing caregate needs on a fresh Debian machine: a C compiler
+# (aws-lc-rs builds C), the Rust toolchain with rustfmt and clippy, and Node.js for the FHIR
+# validator used by the conversion conformance tests. Idempotent; safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+
+need_apt=()
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+if command -v rustup >/dev/null; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+
+# Node packages of the FHIR validator (pinned by its package-lock.json).
+if [ -f tests/fhir-validator/package-lock.json ] && [ ! -d tests/fhir-validator/node_modules ]; then
+  npm ci --prefix tests/fhir-validator --no-audit --no-fund
+fi
