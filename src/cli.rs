@@ -77,6 +77,24 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Convert HL7 v2 messages to FHIR R4 transaction Bundles (one JSON line per message).
+    Convert {
+        /// Configuration file (tenant time zone and identifier systems); without it, UTC and
+        /// no identifier mapping.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Tenant to convert for (default: the only one in the config).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Source name to convert as (its time zone applies; ids match the daemon's).
+        #[arg(long)]
+        source: Option<String>,
+        /// Print the conversion report instead of the Bundle.
+        #[arg(long)]
+        report: bool,
+        /// HL7 file, or `-` for stdin.
+        input: String,
+    },
     /// Inspect the durable queue.
     Queue {
         /// What to show.

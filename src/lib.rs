@@ -45,10 +45,8 @@
 pub mod app;
 pub mod cli;
 pub mod config;
-#[cfg(feature = "wip-convert")]
 pub mod convert;
 pub mod envelope;
-#[cfg(feature = "wip-convert")]
 pub mod fhir;
 pub mod health;
 pub mod hl7;

@@ -102,6 +102,34 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::Convert {
+            config,
+            tenant,
+            source,
+            report,
+            input,
+        } => {
+            use caregate::convert::cli as convert;
+            let opts = match config {
+                Some(path) => {
+                    let c = Config::load(&path)?;
+                    convert::Options::from_config(&c, tenant.as_deref(), source.as_deref(), report)?
+                }
+                None => convert::Options::standalone(report),
+            };
+            let bytes = convert::read_input(&input).with_context(|| format!("reading {input}"))?;
+            let summary = convert::run(
+                &opts,
+                &bytes,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
+            Ok(if summary.failed > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Queue {
             command: QueueCommand::Stats { config, json },
         } => {

@@ -6,9 +6,7 @@
 
 mod support;
 
-#[cfg(feature = "wip-convert")]
 mod convert; // HL7 v2 → FHIR golden Bundles, idempotency, report invariants
-#[cfg(feature = "wip-convert")]
 mod convert_conformance; // corpus ORU/ADT → FHIR: converts, validates (Node @medplum), compares with other converters
 mod corpus_mllp; // every corpus message over MLLP: AA for well-formed, never AA otherwise
 mod hl7_corpus; // every corpus HL7 file through the parser

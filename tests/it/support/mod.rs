@@ -76,7 +76,9 @@ impl Gateway {
         let config = Config::load(&path).unwrap();
         let metrics = Metrics::new();
         let queue = Queue::open_with(opener, config.queue, true, metrics.clone()).unwrap();
-        let running = app::start_with_queue(&config, queue, metrics).await.unwrap();
+        let running = app::start_with_queue(&config, queue, metrics)
+            .await
+            .unwrap();
         Gateway {
             running: Some(running),
             config,
@@ -97,7 +99,9 @@ impl Gateway {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(&self.addr(), Duration::from_secs(10)).await.unwrap()
+        Client::connect(&self.addr(), Duration::from_secs(10))
+            .await
+            .unwrap()
     }
 
     pub fn metrics_text(&self) -> String {
@@ -134,16 +138,25 @@ pub fn oru_enhanced(control_id: &str) -> Vec<u8> {
 
 /// The single reply's MSA-1 as text ("" when none).
 pub fn code(reply: &Reply) -> String {
-    reply.acks.first().map(|a| a.code_text.clone()).unwrap_or_default()
+    reply
+        .acks
+        .first()
+        .map(|a| a.code_text.clone())
+        .unwrap_or_default()
 }
 
 /// `../shared/corpus` if present; prints a visible skip message otherwise.
 pub fn corpus_dir(sub: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus").join(sub);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpus")
+        .join(sub);
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: {} not present (tests that read the shared corpus run in CI)", dir.display());
+        eprintln!(
+            "SKIPPED: {} not present (tests that read the shared corpus run in CI)",
+            dir.display()
+        );
         None
     }
 }
@@ -184,7 +197,9 @@ pub fn pki() -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "caregate test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "caregate test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
 
@@ -194,7 +209,9 @@ pub fn pki() -> Pki {
 
     let client_key = KeyPair::generate().unwrap();
     let mut client_params = CertificateParams::new(vec!["analyzer-1".to_owned()]).unwrap();
-    client_params.distinguished_name.push(DnType::CommonName, "analyzer-1");
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "analyzer-1");
     let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
 
     let write = |name: &str, pem: String| {

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Ingest benchmark: N connections x M messages against a running caregate (release build, child
+# process), durable and with the commit's fsync turned off, 1 and 8 connections by default.
+#
+# Exact command (from the repository root):
+#   scripts/bench-ingest.sh [--connections 1,8] [--messages 5000] [--modes durable,no-fsync]
+# which runs:
+#   cargo build --release && cargo bench --bench ingest -- ARGS
+# Targets on the 2-core reference machine: >= 10,000 durable ACKs/s with 8 connections,
+# >= 2,500/s with 1 connection, p99 ACK latency <= 5 ms at 8 connections.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The benchmark starts the release binary as a child process; it does not build it itself.
+cargo build --release
+CAREGATE_BIN="${CAREGATE_BIN:-$PWD/target/release/caregate}" cargo bench --bench ingest -- "$@"

@@ -1,0 +1,354 @@
+//! HL7 v2 message → FHIR R4 transaction [`Bundle`](crate::fhir::Bundle).
+//!
+//! Spec: the HL7 v2-to-FHIR IG (message map ORU_R01, segment maps PID/PV1/OBR/OBX/NTE/SPM,
+//! datatype and vocabulary ConceptMaps), IHE PCD-01 for device observations, FHIR R4
+//! transaction Bundles — as digested in protocols.md §4-6. Gateway decisions where the IG is
+//! silent are marked **[P]** there and documented where they are taken.
+//!
+//! ```text
+//!   raw bytes ──charset::decode──▶ &str ──Message::parse──▶ hl7::Message
+//!        │                                                     │
+//!        └──────────────── convert_bytes ──────────────────────┤ to_bundle(ctx, msg)
+//!                                                              ▼
+//!              ORU^R01 (oru.rs, pcd.rs) · ADT^A01/A04/A08 (adt.rs) · else Error::Unsupported
+//!                                                              ▼
+//!                              Conversion { bundle: fhir::Bundle, report: Report }
+//! ```
+//!
+//! Invariants:
+//! - **Pure.** No clock, no randomness, no I/O: the output is a function of the message and
+//!   the [`Context`]. Converting the same message twice gives byte-identical JSON.
+//! - **Idempotent at the server.** Observation, DiagnosticReport and Specimen ids are UUIDv5 of
+//!   tenant + source + MSH-10 + segment position, sent with `PUT Type/<id>`; Patient, Encounter
+//!   and Device go by identifier (conditional create from results, conditional update from ADT,
+//!   so an A08 updates rather than duplicates). See [`crate::fhir::bundle`].
+//! - **Nothing silently dropped.** Every OBX becomes an Observation, or a component of one, or
+//!   is listed in [`Report::obx_not_converted`] with a reason; segments and fields that were
+//!   not mapped are counted in [`Report::unmapped_segments`] / [`Report::unmapped_fields`].
+//! - **No PHI in errors or the report.** Both carry segment ids, positions and codes from HL7
+//!   tables, never values from the message.
+
+pub mod cli;
+pub mod codes;
+pub mod datatype;
+pub mod id;
+pub mod time;
+
+mod adt;
+mod oru;
+mod party;
+mod pcd;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::fhir::Bundle;
+use crate::hl7::{self, Message, Segment};
+
+/// What a conversion needs besides the message (all from configuration).
+pub struct Context<'a> {
+    /// Tenant id, e.g. `north`.
+    pub tenant: &'a str,
+    /// Configured source name, e.g. `lab-lis`.
+    pub source: &'a str,
+    /// Facility zone: a DTM without offset is read in it (tenant `timezone`, overridable per
+    /// source).
+    pub timezone: &'a jiff::tz::TimeZone,
+    /// Assigning authority (CX.4.1 or CX.4.2) → identifier system URI, from tenant config.
+    pub identifier_systems: &'a BTreeMap<String, String>,
+    /// Base URI for caregate-minted systems (`urn:caregate`, `https://caregate.local`); local
+    /// codes and unconfigured authorities get a tenant-scoped system under it.
+    pub system_base: &'a str,
+}
+
+/// The result of converting one message.
+#[derive(Debug)]
+pub struct Conversion {
+    /// The transaction Bundle.
+    pub bundle: Bundle,
+    /// What was and was not converted.
+    pub report: Report,
+}
+
+/// Why an OBX did not become an Observation of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "reason")]
+pub enum ObxReason {
+    /// OBX-3 has neither a code nor a text.
+    MissingCode,
+    /// A PCD-01 device-hierarchy row (MDS/VMD/channel): became a Device, or structure only.
+    DeviceHierarchy,
+    /// Merged as a component into the Observation made from the OBX at `into_segment`
+    /// (compound device values such as blood pressure).
+    Component {
+        /// 1-based segment index of the OBX whose Observation holds it.
+        into_segment: usize,
+    },
+    /// Flagged TEST or DEMO by the device (§4.5): not patient data.
+    DeviceTestData,
+}
+
+/// One OBX that is not an Observation of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ObxOutcome {
+    /// 1-based segment index in the message (MSH = 1).
+    pub segment: usize,
+    /// Why.
+    #[serde(flatten)]
+    pub reason: ObxReason,
+}
+
+/// A value that could not be mapped as it stands (the element is omitted or degraded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WarningKind {
+    /// Not a valid HL7 date/time (element omitted).
+    InvalidDateTime,
+    /// Local time in a DST gap/fold of the facility zone (earlier offset taken).
+    AmbiguousLocalTime,
+    /// A date where an instant is needed (element omitted).
+    ImpreciseInstant,
+    /// NM value that is not a number (kept as valueString).
+    NotNumeric,
+    /// A value type the IG does not map (kept as valueString).
+    ValueTypeAsString,
+    /// OBX-2 empty while OBX-5 is valued (kept as valueString).
+    MissingValueType,
+    /// Code not in its HL7 table (element omitted or kept as a local coding).
+    UnknownTableCode,
+    /// Required code missing (a fallback was used).
+    MissingRequired,
+    /// Identifier authority not in the tenant's `identifier_systems` (a derived system was used).
+    UnconfiguredAuthority,
+    /// No usable patient identifier: no Patient resource, results have no subject.
+    PatientNotIdentified,
+    /// PV1 without a visit number (PV1-19): no Encounter (§5.9).
+    EncounterNotIdentified,
+    /// Only the first repetition could be used (FHIR element is 0..1).
+    RepetitionsDropped,
+    /// Encapsulated data that is not valid for its declared encoding.
+    InvalidEncapsulatedData,
+    /// An offset on a TM value was dropped (FHIR time has none).
+    TimeOffsetDropped,
+}
+
+/// One warning, located by segment position and field, never by value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// 1-based segment index in the message.
+    pub segment: usize,
+    /// Field, e.g. `OBX-14`.
+    pub field: String,
+    /// What happened.
+    pub kind: WarningKind,
+}
+
+/// What a conversion did and did not map. Holds no values from the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// MSH-9.1^MSH-9.2, e.g. `ORU^R01`.
+    pub message_type: String,
+    /// OBX segments in the message.
+    pub obx_in: usize,
+    /// Observations in the Bundle.
+    pub observations_out: usize,
+    /// OBX segments that are not an Observation of their own, with the reason.
+    pub obx_not_converted: Vec<ObxOutcome>,
+    /// Segments not mapped, by segment id.
+    pub unmapped_segments: BTreeMap<String, usize>,
+    /// Valued fields not mapped, by `SEG-n`.
+    pub unmapped_fields: BTreeMap<String, usize>,
+    /// Degraded or omitted values.
+    pub warnings: Vec<Warning>,
+}
+
+impl Report {
+    pub(crate) fn warn(&mut self, segment: usize, field: impl Into<String>, kind: WarningKind) {
+        self.warnings.push(Warning {
+            segment,
+            field: field.into(),
+            kind,
+        });
+    }
+
+    pub(crate) fn unmapped_segment(&mut self, id: &str) {
+        *self.unmapped_segments.entry(id.to_owned()).or_default() += 1;
+    }
+
+    /// Counts every valued field of `seg` whose number is not in `mapped`.
+    pub(crate) fn unmapped_fields_of(&mut self, seg: &Segment<'_>, mapped: &[usize]) {
+        let start = if seg.id() == "MSH" { 3 } else { 1 };
+        for (i, f) in seg.fields().enumerate() {
+            let n = i + 1;
+            if n >= start && !f.is_empty() && !mapped.contains(&n) {
+                *self
+                    .unmapped_fields
+                    .entry(format!("{}-{n}", seg.id()))
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
+/// Why a message was not converted. Never holds a value from the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bytes are not a parseable HL7 v2 message.
+    #[error("not a valid HL7 v2 message")]
+    Hl7(#[from] hl7::Error),
+    /// A message type caregate does not convert (the caller keeps it as unconverted).
+    #[error("message type {message_type} is not converted")]
+    Unsupported {
+        /// MSH-9.1^MSH-9.2, restricted to table characters.
+        message_type: String,
+    },
+}
+
+/// Which FHIR date/time type a value is converted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimeKind {
+    DateTime,
+    Instant,
+    Date,
+}
+
+/// Converts the DTM in component 1 of `c` (TS.1 or a plain DTM), reporting problems at
+/// `segment`/`field`. `None` when empty or not convertible.
+pub(crate) fn convert_time(
+    ctx: &Context<'_>,
+    report: &mut Report,
+    segment: usize,
+    field: &str,
+    raw: &str,
+    kind: TimeKind,
+) -> Option<String> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw == "\"\"" {
+        return None;
+    }
+    let dtm = match time::parse(raw) {
+        Ok(d) => d,
+        Err(_) => {
+            report.warn(segment, field, WarningKind::InvalidDateTime);
+            return None;
+        }
+    };
+    let converted = match kind {
+        TimeKind::Date => return Some(dtm.to_date()),
+        TimeKind::DateTime => dtm.to_date_time(ctx.timezone),
+        TimeKind::Instant => match dtm.to_instant(ctx.timezone) {
+            Ok(c) => c,
+            Err(_) => {
+                report.warn(segment, field, WarningKind::ImpreciseInstant);
+                return None;
+            }
+        },
+    };
+    if converted.ambiguous {
+        report.warn(segment, field, WarningKind::AmbiguousLocalTime);
+    }
+    Some(converted.text)
+}
+
+/// MSH-9 as `CODE^EVENT`, keeping only characters that can appear in table 0076/0003 codes so
+/// nothing else from the message can leak through an error.
+fn message_type(code: &str, event: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(8)
+            .collect()
+    };
+    format!("{}^{}", clean(code), clean(event))
+}
+
+/// Converts one parsed message.
+pub fn to_bundle(ctx: &Context<'_>, message: &Message<'_>) -> Result<Conversion, Error> {
+    let header = message.header()?;
+    let message_type = message_type(header.message_code, header.trigger_event);
+    let code = header.message_code.trim().to_ascii_uppercase();
+    let event = header.trigger_event.trim().to_ascii_uppercase();
+    let mut report = Report {
+        message_type: message_type.clone(),
+        ..Report::default()
+    };
+    let bundle = match (code.as_str(), event.as_str()) {
+        ("ORU", "R01") => oru::convert(ctx, message, &header, &mut report)?,
+        ("ADT", "A01" | "A04" | "A08") => adt::convert(ctx, message, &header, &mut report)?,
+        _ => return Err(Error::Unsupported { message_type }),
+    };
+    report.observations_out = bundle.count("Observation");
+    Ok(Conversion { bundle, report })
+}
+
+/// Decodes (MSH-18 charset, Latin-1 fallback), parses and converts one message's bytes.
+pub fn convert_bytes(ctx: &Context<'_>, raw: &[u8]) -> Result<Conversion, Error> {
+    let (text, _) = hl7::charset::decode(raw, hl7::Charset::Latin1)?;
+    let message = Message::parse(&text)?;
+    to_bundle(ctx, &message)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Context and field builders for unit tests.
+    use std::collections::BTreeMap;
+
+    use super::Context;
+    use crate::hl7::{Field, Message};
+
+    /// Runs `f` with the test context: tenant `north`, source `lab-lis`, Europe/Berlin,
+    /// `HOSP` → `https://hospital.example/mrn`, `HOSPVN` → `https://hospital.example/visit`,
+    /// base `urn:caregate` (the same as tests/it/convert.rs).
+    pub fn ctx_with<R>(f: impl FnOnce(&Context<'_>) -> R) -> R {
+        let tz = jiff::tz::TimeZone::get("Europe/Berlin").expect("tzdb has Europe/Berlin");
+        let mut systems = BTreeMap::new();
+        systems.insert("HOSP".to_owned(), "https://hospital.example/mrn".to_owned());
+        systems.insert(
+            "HOSPVN".to_owned(),
+            "https://hospital.example/visit".to_owned(),
+        );
+        let ctx = Context {
+            tenant: "north",
+            source: "lab-lis",
+            timezone: &tz,
+            identifier_systems: &systems,
+            system_base: "urn:caregate",
+        };
+        f(&ctx)
+    }
+
+    /// Field 1 of a `ZZZ` segment holding `raw`, with default delimiters.
+    pub fn field(raw: &str) -> Field<'static> {
+        let text: &'static str =
+            Box::leak(format!("MSH|^~\\&|||||||ZZZ^Z01|1|P|2.5\rZZZ|{raw}").into_boxed_str());
+        let msg: &'static Message<'static> =
+            Box::leak(Box::new(Message::parse(text).expect("test message parses")));
+        msg.segment("ZZZ").expect("has ZZZ").field(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::ctx_with;
+    use super::*;
+
+    #[test]
+    fn unsupported_message_types_are_an_error_naming_only_the_type() {
+        let raw = b"MSH|^~\\&|A|B|C|D|20240101||SIU^S12|1|P|2.5\rPID|||SECRET^^^HOSP\r";
+        let err = ctx_with(|ctx| convert_bytes(ctx, raw)).expect_err("SIU is not converted");
+        assert_eq!(err.to_string(), "message type SIU^S12 is not converted");
+    }
+
+    #[test]
+    fn non_hl7_input_is_an_hl7_error() {
+        let err = ctx_with(|ctx| convert_bytes(ctx, b"{\"resourceType\":\"Patient\"}"))
+            .expect_err("not HL7");
+        assert!(matches!(err, Error::Hl7(_)));
+    }
+
+    #[test]
+    fn message_type_keeps_only_table_characters() {
+        assert_eq!(message_type("OR U", "R01<x>"), "ORU^R01x");
+    }
+}
