@@ -5,8 +5,8 @@
 //!
 //! It builds nothing: `scripts/bench-ingest.sh` builds the release binary first. Each run gets a
 //! fresh data directory, so runs do not influence each other and the queue can be checked
-//! exactly: after a durable run and SIGTERM, `caregate queue stats --json` must count every
-//! message that got its AA. `commits`, `msg/commit` and `commit ms` (mean) come from the daemon's
+//! exactly: after a durable run, `caregate queue stats --json` (a second process reading the
+//! database while the daemon still runs) must count every message that got its AA. `commits`, `msg/commit` and `commit ms` (mean) come from the daemon's
 //! `caregate_queue_commit_seconds` histogram: how many ACKs one group commit served.
 //!
 //! ```text
@@ -348,10 +348,10 @@ fn run_one(
     let commits = commit_stats(&admin)
         .zip(commits_before)
         .map(|((n, s), (n0, s0))| (n - n0, s - s0));
-    daemon.terminate()?;
 
     let sent = connections * messages;
     let stored_ok = if mode == Mode::Durable {
+        // A second process reads the database while the daemon runs: what it sees is committed.
         let stored = queue_total(bin, &config)?;
         let ok = stored == sent as u64;
         eprintln!(
@@ -363,6 +363,7 @@ fn run_one(
     } else {
         None
     };
+    daemon.terminate()?;
 
     let mut lat = send.latencies;
     lat.sort_unstable();
