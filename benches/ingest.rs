@@ -31,6 +31,26 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Non-AA replies printed per run (all are counted).
 const MAX_PRINTED_FAILURES: usize = 10;
 
+/// The targets for the 2-core reference machine (durable runs).
+struct Target {
+    connections: usize,
+    min_rate: f64,
+    max_p99_ms: Option<f64>,
+}
+
+const TARGETS: [Target; 2] = [
+    Target {
+        connections: 1,
+        min_rate: 2500.0,
+        max_p99_ms: None,
+    },
+    Target {
+        connections: 8,
+        min_rate: 10_000.0,
+        max_p99_ms: Some(5.0),
+    },
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Durable,
@@ -182,6 +202,22 @@ fn main() {
                 .map_or(0.0, |(n, _)| r.messages as f64 / n.max(1) as f64),
             r.commits.map_or(0.0, |(n, s)| s * 1e3 / n.max(1) as f64),
         );
+    }
+    println!();
+    for r in results.iter().filter(|r| r.mode == Mode::Durable) {
+        let rate = r.messages as f64 / r.seconds;
+        for t in TARGETS.iter().filter(|t| t.connections == r.connections) {
+            let met = rate >= t.min_rate && t.max_p99_ms.is_none_or(|p| ms(r.p99) <= p);
+            let p99 = t
+                .max_p99_ms
+                .map_or(String::new(), |p| format!(", p99 <= {p} ms"));
+            println!(
+                "target durable x{}: >= {} msg/s{p99}: {}",
+                t.connections,
+                t.min_rate,
+                if met { "met" } else { "MISSED" }
+            );
+        }
     }
     if !ok {
         std::process::exit(1);

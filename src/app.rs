@@ -176,7 +176,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let running = start(&config, options).await?;
     shutdown.await;
+    let queue = running.queue.clone();
     let late = running.stop().await;
+    // A clean close spares the next start a repair and lets `queue stats` read offline.
+    queue.close().await;
     if late.is_empty() {
         Ok(())
     } else {

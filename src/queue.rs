@@ -235,6 +235,8 @@ enum Command {
         id: u64,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    /// Finish what is pending, close the database cleanly and stop the writer.
+    Close { reply: oneshot::Sender<()> },
 }
 
 impl Command {
@@ -473,6 +475,15 @@ impl Queue {
             leased.insert(e.id);
         }
         Ok(out)
+    }
+
+    /// Closes the database cleanly (so the next open needs no repair) after every pending
+    /// command; later writes fail with [`Error::Closed`]. Called once, at process exit.
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Close { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Ends leases without acknowledging (retry later).
@@ -795,10 +806,20 @@ impl Inner {
         let mut healthy = true;
         let mut last_expiry = Instant::now();
         while let Some(first) = rx.blocking_recv() {
+            if let Command::Close { reply } = first {
+                self.close_db();
+                let _ = reply.send(());
+                return;
+            }
             let mut group = vec![first];
+            let mut closing = None;
             let mut bytes = group[0].payload_len();
             while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match rx.try_recv() {
+                    Ok(Command::Close { reply }) => {
+                        closing = Some(reply);
+                        break;
+                    }
                     Ok(c) => {
                         bytes += c.payload_len();
                         group.push(c);
@@ -831,7 +852,23 @@ impl Inner {
                     healthy = false;
                 }
             }
+            if let Some(reply) = closing {
+                self.close_db();
+                let _ = reply.send(());
+                return;
+            }
         }
+    }
+
+    /// Drops the file-backed handle (readers release their clones within one call).
+    fn close_db(&self) {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if let Ok(placeholder) =
+            Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
+        {
+            drop(std::mem::replace(&mut *slot, Arc::new(placeholder)));
+        }
+        tracing::debug!("queue database closed");
     }
 
     fn fail_command(&self, c: Command, why: &str) {
@@ -842,6 +879,7 @@ impl Inner {
             Command::Ack { reply, .. }
             | Command::Park { reply, .. }
             | Command::Unpark { reply, .. } => drop(reply.send(Err(err()))),
+            Command::Close { reply } => drop(reply.send(())),
         }
     }
 
@@ -896,6 +934,8 @@ impl Inner {
             let mut buf = Vec::new();
             for c in group {
                 match c {
+                    // `run` takes Close out before a group is built; answering it is harmless.
+                    Command::Close { reply } => drop(reply.send(())),
                     Command::Push { items, reply } => {
                         // Resends need no space: find them first, then apply the limits to
                         // what is new. A batch is all or nothing.

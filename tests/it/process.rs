@@ -223,6 +223,17 @@ async fn send_prints_each_ack_and_exits_non_zero_on_a_reject() {
     assert_eq!(v["sources"][0]["source"], "lab", "{v}");
     assert_eq!(v["tenants"][0]["tenant"], "north", "{v}");
     assert!(daemon.terminate().success());
+    // After a clean stop the database was closed: it reads offline without a repair.
+    let out = Command::new(BIN)
+        .args(["queue", "stats", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
