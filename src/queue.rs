@@ -189,6 +189,23 @@ pub struct NewEnvelope {
     pub payload: bytes::Bytes,
 }
 
+impl NewEnvelope {
+    /// The stored form, once the writer has assigned its id.
+    fn into_envelope(self, id: u64) -> Envelope {
+        Envelope {
+            id,
+            tenant: self.tenant,
+            source: self.source,
+            received_at_us: self.received_at_us,
+            peer: self.peer,
+            kind: self.kind,
+            lane: self.lane,
+            meta: self.meta,
+            payload: self.payload,
+        }
+    }
+}
+
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pushed {
@@ -987,17 +1004,7 @@ impl Inner {
                             }
                             let id = totals.next_id;
                             totals.next_id += 1;
-                            let env = Envelope {
-                                id,
-                                tenant: item.tenant,
-                                source: item.source,
-                                received_at_us: item.received_at_us,
-                                peer: item.peer,
-                                kind: item.kind,
-                                lane: item.lane,
-                                meta: item.meta,
-                                payload: item.payload,
-                            };
+                            let env = item.into_envelope(id);
                             buf.clear();
                             env.encode(&mut buf);
                             envelopes
@@ -1048,17 +1055,7 @@ impl Inner {
                         }
                         let id = totals.next_id;
                         totals.next_id += 1;
-                        let env = Envelope {
-                            id,
-                            tenant: item.tenant,
-                            source: item.source,
-                            received_at_us: item.received_at_us,
-                            peer: item.peer,
-                            kind: item.kind,
-                            lane: item.lane,
-                            meta: item.meta,
-                            payload: item.payload,
-                        };
+                        let env = item.into_envelope(id);
                         let v = rejected_value(&env, &reason);
                         rejected
                             .insert((env.tenant.as_str(), id), v.as_slice())

@@ -59,6 +59,29 @@ struct Ctx {
     queue: Queue,
     metrics: Arc<Metrics>,
     ack_ids: AckIds,
+    /// Per-source metric handles, looked up once instead of per message.
+    hot: HotMetrics,
+}
+
+struct HotMetrics {
+    received: prometheus_client::metrics::counter::Counter,
+    duplicates: prometheus_client::metrics::counter::Counter,
+    garbage_bytes: prometheus_client::metrics::counter::Counter,
+    connections: prometheus_client::metrics::gauge::Gauge,
+    ack_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl HotMetrics {
+    fn new(m: &Metrics, source: &str) -> HotMetrics {
+        let l = Metrics::source(source);
+        HotMetrics {
+            received: m.received.get_or_create(&l).clone(),
+            duplicates: m.duplicates.get_or_create(&l).clone(),
+            garbage_bytes: m.garbage_bytes.get_or_create(&l).clone(),
+            connections: m.connections.get_or_create(&l).clone(),
+            ack_seconds: m.ack_seconds.get_or_create(&l).clone(),
+        }
+    }
 }
 
 /// New MSH-10 values for ACKs: unique per process start and increasing.
@@ -123,6 +146,7 @@ impl Listener {
                 tenant: tenant.to_owned(),
                 cfg: cfg.clone(),
                 queue,
+                hot: HotMetrics::new(&metrics, source),
                 metrics,
                 ack_ids: AckIds::new(),
             }),
@@ -187,7 +211,7 @@ impl Listener {
             let tls = self.tls.clone();
             let shutdown = shutdown.clone();
             conns.spawn(async move {
-                let gauge = ctx.metrics.connections.get_or_create(&Metrics::source(&ctx.source)).clone();
+                let gauge = ctx.hot.connections.clone();
                 gauge.inc();
                 match tls {
                     None => serve(stream, &ctx, peer, shutdown).await,
@@ -256,10 +280,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             return;
                         }
                     }
-                    ctx.metrics
-                        .ack_seconds
-                        .get_or_create(&Metrics::source(&ctx.source))
-                        .observe(started.elapsed().as_secs_f64());
+                    ctx.hot.ack_seconds.observe(started.elapsed().as_secs_f64());
                 }
                 Ok(None) => break,
                 Err(codec::Error::Oversized { limit }) => {
@@ -277,10 +298,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let skipped = codec.take_skipped();
         if skipped > 0 {
-            ctx.metrics
-                .garbage_bytes
-                .get_or_create(&Metrics::source(&ctx.source))
-                .inc_by(skipped);
+            ctx.hot.garbage_bytes.inc_by(skipped);
             tracing::debug!(source = %ctx.source, peer = %peer_s, bytes = skipped, "bytes outside MLLP frames skipped");
         }
         if shutdown.is_cancelled() && !codec.in_frame() {
@@ -326,10 +344,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 /// Handles one frame and returns the framed reply (None when the sender asked for none).
 async fn handle_frame(ctx: &Ctx, peer: &str, frame: Bytes) -> Option<BytesMut> {
     let received_at_us = jiff::Timestamp::now().as_microsecond();
-    ctx.metrics
-        .received
-        .get_or_create(&Metrics::source(&ctx.source))
-        .inc();
+    ctx.hot.received.inc();
     let split = batch::split(&frame);
     let (text, out_charset) = if split.messages.len() > 1 {
         handle_batch(ctx, peer, &frame, &split, received_at_us).await
@@ -552,10 +567,7 @@ async fn handle_message(
             let item = new_envelope(ctx, peer, received_at_us, c.meta, frame.clone());
             let outcome = match ctx.queue.push(item).await {
                 Ok(p) if p.duplicate => {
-                    ctx.metrics
-                        .duplicates
-                        .get_or_create(&Metrics::source(&ctx.source))
-                        .inc();
+                    ctx.hot.duplicates.inc();
                     tracing::info!(source = %ctx.source, %peer, envelope_id = p.id, control_id = %short(&control_id),
                         "resend of a stored message acknowledged again");
                     Outcome::Duplicate
