@@ -1,5 +1,5 @@
-//! The configuration file: TOML → [`RawConfig`] (serde, `deny_unknown_fields`, defaults) →
-//! [`Config::validate`] → typed [`Config`], before any port is bound or file opened.
+//! The configuration file: TOML → `RawConfig` (serde, `deny_unknown_fields`, defaults) →
+//! `Config::validate` → typed [`Config`], before any port is bound or file opened.
 //!
 //! This shape is a contract that later components extend; keep the key names. Each component
 //! owns its section's struct (`mllp::Config` for `kind = "mllp"` sources, `queue::Limits` for

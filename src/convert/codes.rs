@@ -6,7 +6,7 @@
 //! status); gender §5.8 (0001 → administrative-gender); name use §5.8 (0200 → name-use); patient
 //! class §5.9 (0004 → v3-ActCode); PCD-01 device status flags §4.5; MDC metrics, device objects
 //! and units §4.6 (IEEE 11073-10101); UCUM units §5.4. Rows the IG does not map are marked
-//! "gateway" and are our decisions (**[P]** in protocols.md).
+//! "gateway" and are our decisions (**\[P\]** in protocols.md).
 
 /// FHIR system for LOINC.
 pub const LOINC: &str = "http://loinc.org";

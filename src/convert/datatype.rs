@@ -1,5 +1,5 @@
 //! HL7 v2 datatypes → FHIR datatypes, per the v2-to-FHIR IG datatype maps (protocols.md §5.8,
-//! §5.12, §5.4, §5.5): CWE[CodeableConcept], CX[Identifier], EI[Identifier], HD[uri],
+//! §5.12, §5.4, §5.5): CWE\[CodeableConcept\], CX\[Identifier\], EI\[Identifier\], HD\[uri\],
 //! XPN[HumanName], XAD[Address], XTN[ContactPoint], XCN[Reference], CWE[Quantity] (units) and
 //! OBX-7 → referenceRange.
 //!
@@ -109,7 +109,7 @@ pub fn codeable_concept(ctx: &Context<'_>, r: Repetition<'_>) -> Option<Codeable
     (!cc.is_empty()).then_some(cc)
 }
 
-/// HD → system URI (IG HD[uri]) through the tenant's map: the namespace (HD.1) or universal id
+/// HD → system URI (IG HD\[uri\]) through the tenant's map: the namespace (HD.1) or universal id
 /// (HD.2) looked up in `identifier_systems`; else HD.2 as `urn:oid:` (ISO), `urn:uuid:` (UUID)
 /// or as is (URI); else a tenant-scoped URI under `system_base`. The flag is true when the
 /// authority was not configured (the caller warns).

@@ -1,9 +1,9 @@
-//! HL7 v2 message → FHIR R4 transaction [`Bundle`](crate::fhir::Bundle).
+//! HL7 v2 message → FHIR R4 transaction [`Bundle`].
 //!
 //! Spec: the HL7 v2-to-FHIR IG (message map ORU_R01, segment maps PID/PV1/OBR/OBX/NTE/SPM,
 //! datatype and vocabulary ConceptMaps), IHE PCD-01 for device observations, FHIR R4
 //! transaction Bundles — as digested in protocols.md §4-6. Gateway decisions where the IG is
-//! silent are marked **[P]** there and documented where they are taken.
+//! silent are marked **\[P\]** there and documented where they are taken.
 //!
 //! ```text
 //!   raw bytes ──charset::decode──▶ &str ──Message::parse──▶ hl7::Message

@@ -1,5 +1,5 @@
 //! HL7 v2 DTM / DT / TM → FHIR `dateTime`, `instant`, `date` and `time` (protocols.md §5.13;
-//! v2-to-FHIR IG datatype maps DTM[dateTime], TS[dateTime]).
+//! v2-to-FHIR IG datatype maps DTM\[dateTime\], TS\[dateTime\]).
 //!
 //! Rules kept here:
 //! - precision is kept: `2024` → `2024`, `202401` → `2024-01`, `20240105` → `2024-01-05`; a

@@ -396,7 +396,7 @@ pub struct Extension {
     pub value: ExtensionValue,
 }
 
-/// value[x] of an [`Extension`].
+/// value\[x\] of an [`Extension`].
 #[derive(Clone, Serialize, PartialEq)]
 pub enum ExtensionValue {
     /// valueString.
@@ -551,7 +551,7 @@ pub struct ReferenceRange {
     pub text: Option<String>,
 }
 
-/// Observation value[x] (R4 choices).
+/// Observation value\[x\] (R4 choices).
 #[derive(Clone, Serialize, PartialEq)]
 pub enum Value {
     /// valueQuantity.
