@@ -14,7 +14,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::task::JoinSet;
 
+use crate::admin::Admin;
+use crate::alert::Alerter;
 use crate::config::{Config, SourceKind};
+use crate::forward::client::Upstream;
+use crate::pipeline::{self, Worker};
+use crate::status::Board;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::mllp;
@@ -44,6 +49,10 @@ pub struct Running {
     pub queue: Queue,
     /// The metric set.
     pub metrics: Arc<Metrics>,
+    /// Upstream states and flow counters (what `/status` shows).
+    pub board: Arc<Board>,
+    /// The operator API state (tests call it directly).
+    pub admin_api: Admin,
     trigger: Trigger,
     tasks: JoinSet<()>,
     names: HashMap<tokio::task::Id, String>,
@@ -102,11 +111,40 @@ pub async fn start_with_queue(
         }
     }
 
+    // Upstream clients are built before anything runs: a bad certificate stops the start.
+    let board = Arc::new(Board::default());
+    let alerter = Arc::new(Alerter::new(&config.alert, metrics.clone()).context("setting up alert webhooks")?);
+    let mut workers = Vec::new();
+    for t in &config.tenants {
+        let Some(up) = &t.upstream else {
+            tracing::warn!(tenant = %t.id, "tenant has no [tenant.upstream]: its messages are stored, not forwarded");
+            continue;
+        };
+        let upstream = Upstream::new(&t.id, up.clone())
+            .with_context(|| format!("setting up the upstream of tenant {}", t.id))?;
+        workers.push((t.id.clone(), Arc::new(upstream), Arc::new(conversion_of(config, t)?)));
+    }
+
+    let config_arc = Arc::new(config.clone());
+    let admin_api = Admin::new(queue.clone(), metrics.clone(), board.clone(), config_arc);
     let mut tasks = JoinSet::new();
     let mut names = HashMap::new();
     let (r, m, s) = (ready.clone(), metrics.clone(), trigger.subscribe());
-    let h = tasks.spawn(health::run(admin_listener, r, m, s));
+    let h = tasks.spawn(health::run(admin_listener, r, m, admin_api.clone().router(), s));
     names.insert(h.id(), "admin listener".to_owned());
+    for (tenant, upstream, conversion) in workers {
+        let w = Worker::new(
+            upstream,
+            queue.clone(),
+            metrics.clone(),
+            board.clone(),
+            alerter.clone(),
+            conversion,
+            trigger.subscribe(),
+        );
+        let h = tasks.spawn(w.run());
+        names.insert(h.id(), format!("forwarding for tenant {tenant}"));
+    }
     let mut mllp_addrs = Vec::new();
     for (name, l) in listeners {
         mllp_addrs.push((name.clone(), l.local_addr()));
@@ -125,6 +163,8 @@ pub async fn start_with_queue(
         admin,
         queue,
         metrics,
+        board,
+        admin_api,
         trigger,
         tasks,
         names,
@@ -188,6 +228,29 @@ pub async fn run(
             late.len()
         )
     }
+}
+
+/// What conversion needs for one tenant, from the configuration.
+fn conversion_of(config: &Config, t: &crate::config::Tenant) -> anyhow::Result<pipeline::Conversion> {
+    let zone = |name: &Option<String>| -> anyhow::Result<jiff::tz::TimeZone> {
+        Ok(match name {
+            Some(z) => jiff::tz::TimeZone::get(z).with_context(|| format!("time zone {z}"))?,
+            None => jiff::tz::TimeZone::system(),
+        })
+    };
+    let mut source_zones = HashMap::new();
+    for s in config.sources.iter().filter(|s| s.tenant == t.id) {
+        if s.timezone.is_some() {
+            source_zones.insert(s.name.clone(), zone(&s.timezone)?);
+        }
+    }
+    Ok(pipeline::Conversion {
+        tenant: t.id.clone(),
+        timezone: zone(&t.timezone)?,
+        source_zones,
+        identifier_systems: t.identifier_systems.clone(),
+        system_base: crate::convert::cli::DEFAULT_SYSTEM_BASE.to_owned(),
+    })
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {

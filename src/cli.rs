@@ -95,6 +95,15 @@ pub enum Command {
         /// HL7 file, or `-` for stdin.
         input: String,
     },
+    /// What is flowing and what is stuck: per tenant and source (asks the running daemon).
+    Status {
+        /// Configuration file (for the admin address).
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The `/status` JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the durable queue.
     Queue {
         /// What to show.
@@ -114,6 +123,44 @@ pub enum QueueCommand {
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// List dead letters (messages the upstream or the converter refused) with the reason.
+    DeadLetters {
+        /// Configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back in the queue, in their original order (after fixing the cause).
+    Replay {
+        /// Configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Tenant (default: the only one).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Every dead letter of the tenant.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// Envelope id, as `queue dead-letters` lists it.
+        #[arg(required_unless_present = "all")]
+        id: Option<u64>,
+    },
+    /// Delete one dead letter for good.
+    Purge {
+        /// Configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Tenant (default: the only one).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Envelope id.
+        id: u64,
     },
 }
 

@@ -60,6 +60,8 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     /// Where messages come from.
     pub sources: Vec<Source>,
+    /// Alert sinks.
+    pub alert: crate::alert::Config,
 }
 
 /// `[admin]`.
@@ -78,6 +80,8 @@ pub struct Tenant {
     pub timezone: Option<String>,
     /// HL7 assigning authority (CX-4) → identifier system URI.
     pub identifier_systems: BTreeMap<String, String>,
+    /// Where this tenant's messages are forwarded (`None`: stored only).
+    pub upstream: Option<crate::forward::Config>,
 }
 
 /// One `[[source]]`.
@@ -125,6 +129,8 @@ struct RawConfig {
     tenants: Vec<RawTenant>,
     #[serde(default, rename = "source")]
     sources: RawSources,
+    #[serde(default)]
+    alert: crate::alert::RawConfig,
 }
 
 fn default_shutdown_timeout() -> HumanDuration {
@@ -157,6 +163,7 @@ struct RawTenant {
     timezone: Option<String>,
     #[serde(default)]
     identifier_systems: BTreeMap<String, String>,
+    upstream: Option<crate::forward::RawConfig>,
 }
 
 #[derive(Debug)]
@@ -413,10 +420,18 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
                 ));
             }
         }
+        let upstream = match t.upstream.map(|u| u.validate(base)).transpose() {
+            Ok(u) => u,
+            Err((k, m)) => {
+                problems.push((format!("tenant[{i}].upstream.{k}"), m));
+                None
+            }
+        };
         tenants.push(Tenant {
             id: t.id,
             timezone: t.timezone,
             identifier_systems: t.identifier_systems,
+            upstream,
         });
     }
 
@@ -484,7 +499,15 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
             ));
         }
     }
+    let alert = match raw.alert.validate(base) {
+        Ok(a) => a,
+        Err((k, m)) => {
+            problems.push((format!("alert.{k}"), m));
+            crate::alert::Config::default()
+        }
+    };
     Some(Config {
+        alert,
         path: path.to_owned(),
         data_dir: if raw.data_dir.is_absolute() {
             raw.data_dir

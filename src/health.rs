@@ -42,21 +42,26 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves until shutdown.
+/// Serves the health routes plus `extra` (the operator API) until shutdown.
 pub async fn run(
     listener: TcpListener,
     ready: Arc<Readiness>,
     metrics: Arc<Metrics>,
+    extra: Router,
     mut shutdown: Shutdown,
 ) {
     let app = Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { ready, metrics });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+        .with_state(AppState { ready, metrics })
+        .merge(extra);
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "admin listener failed");
     }

@@ -42,15 +42,21 @@
 //! - [`health`]: `/livez`, `/readyz`, `/metrics`; [`metrics`]: every metric in one place.
 //! - [`shutdown`]: shutdown signalling; [`cli`]: the command line.
 
+pub mod admin;
+pub mod alert;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod envelope;
 pub mod fhir;
+pub mod forward;
 pub mod health;
 pub mod hl7;
 pub mod metrics;
 pub mod mllp;
+pub mod ops;
+pub mod pipeline;
 pub mod queue;
 pub mod shutdown;
+pub mod status;

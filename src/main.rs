@@ -8,7 +8,7 @@ use clap::Parser;
 
 use caregate::cli::{Cli, Command, LogFormat, QueueCommand};
 use caregate::config::{self, Config};
-use caregate::{app, cli, shutdown};
+use caregate::{app, cli, ops, shutdown};
 
 const EX_USAGE: u8 = 64;
 
@@ -129,6 +129,55 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Status { config, json } => {
+            let config = Config::load(&config)?;
+            let status = runtime()?.block_on(ops::status(&config))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue {
+            command: QueueCommand::DeadLetters { config, tenant, json },
+        } => {
+            let config = Config::load(&config)?;
+            let list = runtime()?.block_on(ops::dead_letters(&config, tenant.as_deref()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<10} {:<12} {:<16} {:<10} {:<20} {:<26} REASON", "ID", "TENANT", "SOURCE", "TYPE", "CONTROL ID", "RECEIVED");
+                for d in &list {
+                    let reason = match (&d.reason["stage"], &d.reason["status"]) {
+                        (serde_json::Value::String(stage), serde_json::Value::Number(n)) => format!("{stage} HTTP {n}"),
+                        (serde_json::Value::String(stage), _) => format!("{stage}: {}", d.reason["error"].as_str().unwrap_or("")),
+                        _ => d.reason.to_string(),
+                    };
+                    println!("{:<10} {:<12} {:<16} {:<10} {:<20} {:<26} {reason}", d.id, d.tenant, d.source, d.message_type, d.control_id, d.received_at);
+                }
+                eprintln!("{} dead letters", list.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue {
+            command: QueueCommand::Replay { config, tenant, all, id },
+        } => {
+            let config = Config::load(&config)?;
+            let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
+            let done = runtime()?.block_on(ops::replay(&config, &tenant, if all { None } else { id }))?;
+            println!("replayed {} dead letters of tenant {}: {:?}", done.ids.len(), done.tenant, done.ids);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue {
+            command: QueueCommand::Purge { config, tenant, id },
+        } => {
+            let config = Config::load(&config)?;
+            let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
+            let done = runtime()?.block_on(ops::purge(&config, &tenant, id))?;
+            println!("purged dead letter {id} of tenant {}", done.tenant);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Queue {
             command: QueueCommand::Stats { config, json },

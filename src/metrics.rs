@@ -18,7 +18,17 @@ pub type BySource = [(&'static str, String); 1];
 /// Labels `source` plus one more (code, reason).
 pub type BySource2 = [(&'static str, String); 2];
 
+/// Labels `tenant` (or any one label).
+pub type ByTenant = [(&'static str, String); 1];
+/// Two labels, e.g. `tenant` and `source`.
+pub type Two = [(&'static str, String); 2];
+
 type HistogramFamily = Family<BySource, Histogram, fn() -> Histogram>;
+
+fn request_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
 
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~1.6 s
@@ -52,6 +62,33 @@ pub struct Metrics {
     pub queue_messages: Gauge,
     /// Payload bytes stored.
     pub queue_bytes: Gauge,
+    /// Messages delivered upstream, per tenant and source.
+    pub forwarded: Family<Two, Counter>,
+    /// Messages moved to dead letters, per tenant and source.
+    pub dead_lettered: Family<Two, Counter>,
+    /// Messages that could not be converted, per tenant and source.
+    pub conversion_failures: Family<Two, Counter>,
+    /// Values degraded or omitted during conversion, per tenant and warning kind.
+    pub conversion_warnings: Family<Two, Counter>,
+    /// Upstream requests per tenant and outcome (`delivered`, `retry`, `route_error`, `rejected`,
+    /// `split`, `reauthenticate`).
+    pub upstream_requests: Family<Two, Counter>,
+    /// Upstream request duration per tenant.
+    pub upstream_seconds: Family<ByTenant, Histogram, fn() -> Histogram>,
+    /// Circuit breaker state per tenant: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Family<ByTenant, Gauge>,
+    /// Times the breaker opened, per tenant.
+    pub breaker_trips: Family<ByTenant, Counter>,
+    /// Age of the oldest message waiting for delivery, per tenant (0 when none).
+    pub oldest_ready_seconds: Family<ByTenant, Gauge>,
+    /// Alerts raised per tenant and kind.
+    pub alerts: Family<Two, Counter>,
+    /// 1 while an alert of that tenant and kind is active.
+    pub alert_active: Family<Two, Gauge>,
+    /// Alerts that no webhook took after retries.
+    pub webhook_failures: Counter,
+    /// Operator actions (replay, purge) per tenant and action.
+    pub operator_actions: Family<Two, Counter>,
 }
 
 impl Metrics {
@@ -71,6 +108,19 @@ impl Metrics {
             commit_failures: Counter::default(),
             queue_messages: Gauge::default(),
             queue_bytes: Gauge::default(),
+            forwarded: Family::default(),
+            dead_lettered: Family::default(),
+            conversion_failures: Family::default(),
+            conversion_warnings: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_seconds: Family::new_with_constructor(request_histogram),
+            breaker_state: Family::default(),
+            breaker_trips: Family::default(),
+            oldest_ready_seconds: Family::default(),
+            alerts: Family::default(),
+            alert_active: Family::default(),
+            webhook_failures: Counter::default(),
+            operator_actions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -133,6 +183,67 @@ impl Metrics {
             "payload bytes stored in the queue",
             m.queue_bytes.clone(),
         );
+        registry.register(
+            "messages_forwarded",
+            "messages delivered to the tenant's upstream",
+            m.forwarded.clone(),
+        );
+        registry.register(
+            "messages_dead_lettered",
+            "messages moved to dead letters",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "conversion_failures",
+            "messages that could not be converted to FHIR",
+            m.conversion_failures.clone(),
+        );
+        registry.register(
+            "conversion_warnings",
+            "values degraded or omitted during conversion, by kind",
+            m.conversion_warnings.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "requests to the upstream FHIR server, by outcome",
+            m.upstream_requests.clone(),
+        );
+        registry.register(
+            "upstream_request_seconds",
+            "duration of upstream requests",
+            m.upstream_seconds.clone(),
+        );
+        registry.register(
+            "upstream_breaker_state",
+            "circuit breaker: 0 closed, 1 open, 2 half-open",
+            m.breaker_state.clone(),
+        );
+        registry.register(
+            "upstream_breaker_trips",
+            "times the circuit breaker opened",
+            m.breaker_trips.clone(),
+        );
+        registry.register(
+            "queue_oldest_ready_seconds",
+            "age of the oldest message waiting for delivery",
+            m.oldest_ready_seconds.clone(),
+        );
+        registry.register("alerts", "alerts raised, by kind", m.alerts.clone());
+        registry.register(
+            "alert_active",
+            "1 while an alert is active",
+            m.alert_active.clone(),
+        );
+        registry.register(
+            "alert_webhook_failures",
+            "alerts no webhook took after retries",
+            m.webhook_failures.clone(),
+        );
+        registry.register(
+            "operator_actions",
+            "operator actions (replay, purge), by action",
+            m.operator_actions.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -148,6 +259,16 @@ impl Metrics {
     /// `[("source", name)]`.
     pub fn source(name: &str) -> BySource {
         [("source", name.to_owned())]
+    }
+
+    /// `[("tenant", id)]`.
+    pub fn tenant(id: &str) -> ByTenant {
+        [("tenant", id.to_owned())]
+    }
+
+    /// `[("tenant", id), (key, value)]`.
+    pub fn tenant_and(id: &str, key: &'static str, value: &str) -> Two {
+        [("tenant", id.to_owned()), (key, value.to_owned())]
     }
 
     /// `[("source", name), (key, value)]`.

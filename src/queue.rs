@@ -225,6 +225,19 @@ pub enum Parked {
     Held = 2,
 }
 
+/// One parked envelope, as `queue dead-letters` lists it.
+#[derive(Debug, Clone)]
+pub struct ParkedEntry {
+    /// Envelope id.
+    pub id: u64,
+    /// Dead letter or held.
+    pub state: Parked,
+    /// Why (for dead letters: the upstream's status and OperationOutcome, as JSON).
+    pub reason: String,
+    /// The stored envelope.
+    pub envelope: Envelope,
+}
+
 enum Command {
     Push {
         items: Vec<NewEnvelope>,
@@ -248,6 +261,11 @@ enum Command {
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Unpark {
+        tenant: String,
+        id: u64,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Purge {
         tenant: String,
         id: u64,
         reply: oneshot::Sender<Result<(), Error>>,
@@ -284,6 +302,9 @@ struct Inner {
     totals: Mutex<Totals>,
     leased: Mutex<HashSet<u64>>,
     metrics: Arc<Metrics>,
+    /// Bumped after every commit that made envelopes ready (push, unpark): the pipeline waits
+    /// on it instead of polling.
+    readied: tokio::sync::watch::Sender<u64>,
 }
 
 /// A handle to the queue; cheap to clone.
@@ -370,6 +391,7 @@ impl Queue {
             totals: Mutex::new(totals),
             leased: Mutex::new(HashSet::new()),
             metrics,
+            readied: tokio::sync::watch::Sender::new(0),
         });
         inner.publish_gauges();
         let writer = inner.clone();
@@ -448,6 +470,54 @@ impl Queue {
         let tenant = tenant.to_owned();
         self.call(|reply| Command::Unpark { tenant, id, reply })
             .await
+    }
+
+    /// Deletes a parked envelope (dead letter or held) for good. A ready envelope is refused
+    /// with [`Error::NotFound`]: it is still owed to the upstream.
+    pub async fn purge(&self, tenant: &str, id: u64) -> Result<(), Error> {
+        let tenant = tenant.to_owned();
+        self.call(|reply| Command::Purge { tenant, id, reply }).await
+    }
+
+    /// A receiver that changes after every commit that made envelopes ready to forward.
+    pub fn readied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.readied.subscribe()
+    }
+
+    /// Parked envelopes of a tenant (all tenants with `None`), in id order.
+    pub fn parked(&self, tenant: Option<&str>) -> Result<Vec<ParkedEntry>, Error> {
+        let db = self.inner.db();
+        let txn = db.begin_read().map_err(storage)?;
+        let parked = txn.open_table(PARKED).map_err(storage)?;
+        let envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
+        let mut out = Vec::new();
+        let range = match tenant {
+            Some(t) => parked.range((t, 0u64)..=(t, u64::MAX)),
+            None => parked.range::<(&str, u64)>(..),
+        }
+        .map_err(storage)?;
+        for e in range {
+            let (k, v) = e.map_err(storage)?;
+            let (t, id) = k.value();
+            let v = v.value();
+            let state = match v.first() {
+                Some(2) => Parked::Held,
+                _ => Parked::DeadLetter,
+            };
+            let reason = String::from_utf8_lossy(v.get(1..).unwrap_or_default()).into_owned();
+            let Some(bytes) = envelopes.get((t, id)).map_err(storage)? else {
+                continue;
+            };
+            let envelope =
+                Envelope::decode(bytes.value()).map_err(|source| Error::Corrupt { id, source })?;
+            out.push(ParkedEntry {
+                id,
+                state,
+                reason,
+                envelope,
+            });
+        }
+        Ok(out)
     }
 
     /// Leases up to `max` ready envelopes of `tenant`, critical lane first, per-source FIFO:
@@ -565,6 +635,26 @@ impl Queue {
     /// Counts per tenant and source (a full scan: for the CLI and status, not the hot path).
     pub fn stats(&self, now_us: i64) -> Result<Stats, Error> {
         stats_of(&*self.inner.db(), now_us)
+    }
+
+    /// Envelopes stored for one tenant (ready, leased and parked): a range count, for alerts
+    /// and status, not the hot path.
+    pub fn tenant_depth(&self, tenant: &str) -> u64 {
+        let count = || -> Result<u64, Error> {
+            let db = self.inner.db();
+            let txn = db.begin_read().map_err(storage)?;
+            let t = txn.open_table(ENVELOPES).map_err(storage)?;
+            let mut n = 0u64;
+            for e in t
+                .range((tenant, 0u64)..=(tenant, u64::MAX))
+                .map_err(storage)?
+            {
+                e.map_err(storage)?;
+                n += 1;
+            }
+            Ok(n)
+        };
+        count().unwrap_or(0)
     }
 
     /// Messages and bytes currently stored (from memory; no I/O).
@@ -895,7 +985,8 @@ impl Inner {
             Command::Reject { reply, .. } => drop(reply.send(Err(err()))),
             Command::Ack { reply, .. }
             | Command::Park { reply, .. }
-            | Command::Unpark { reply, .. } => drop(reply.send(Err(err()))),
+            | Command::Unpark { reply, .. }
+            | Command::Purge { reply, .. } => drop(reply.send(Err(err()))),
             Command::Close { reply } => drop(reply.send(())),
         }
     }
@@ -941,6 +1032,7 @@ impl Inner {
         }
         let mut totals = self.totals();
         let mut replies = Vec::with_capacity(group.len());
+        let mut readied = false;
         {
             let mut envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
             let mut ready = txn.open_table(READY).map_err(storage)?;
@@ -1030,6 +1122,7 @@ impl Inner {
                             }
                             totals.messages += 1;
                             totals.bytes += env.payload.len() as u64;
+                            readied = true;
                             out.push(Pushed {
                                 id,
                                 duplicate: false,
@@ -1140,6 +1233,30 @@ impl Inner {
                             }
                             _ => Err(Error::NotFound { tenant, id }),
                         };
+                        if r.is_ok() {
+                            readied = true;
+                        }
+                        replies.push(Pending::Unit(reply, r));
+                    }
+                    Command::Purge { tenant, id, reply } => {
+                        // Only parked envelopes (dead letters, held) can be purged: a ready one
+                        // is still owed to the upstream.
+                        let was = parked
+                            .remove((tenant.as_str(), id))
+                            .map_err(storage)?
+                            .is_some();
+                        let r = if was {
+                            if let Some(v) = envelopes.remove((tenant.as_str(), id)).map_err(storage)? {
+                                if let Ok(env) = Envelope::decode(v.value()) {
+                                    totals.messages = totals.messages.saturating_sub(1);
+                                    totals.bytes =
+                                        totals.bytes.saturating_sub(env.payload.len() as u64);
+                                }
+                            }
+                            Ok(())
+                        } else {
+                            Err(Error::NotFound { tenant, id })
+                        };
                         replies.push(Pending::Unit(reply, r));
                     }
                 }
@@ -1170,6 +1287,9 @@ impl Inner {
             Ok(()) => {
                 *self.totals.lock().unwrap_or_else(|p| p.into_inner()) = totals;
                 self.publish_gauges();
+                if readied {
+                    self.readied.send_modify(|n| *n = n.wrapping_add(1));
+                }
                 for r in replies {
                     r.answer();
                 }

@@ -133,6 +133,28 @@ pub enum WarningKind {
     TimeOffsetDropped,
 }
 
+impl WarningKind {
+    /// The kebab-case name (as serialized; used as a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WarningKind::InvalidDateTime => "invalid-date-time",
+            WarningKind::AmbiguousLocalTime => "ambiguous-local-time",
+            WarningKind::ImpreciseInstant => "imprecise-instant",
+            WarningKind::NotNumeric => "not-numeric",
+            WarningKind::ValueTypeAsString => "value-type-as-string",
+            WarningKind::MissingValueType => "missing-value-type",
+            WarningKind::UnknownTableCode => "unknown-table-code",
+            WarningKind::MissingRequired => "missing-required",
+            WarningKind::UnconfiguredAuthority => "unconfigured-authority",
+            WarningKind::PatientNotIdentified => "patient-not-identified",
+            WarningKind::EncounterNotIdentified => "encounter-not-identified",
+            WarningKind::RepetitionsDropped => "repetitions-dropped",
+            WarningKind::InvalidEncapsulatedData => "invalid-encapsulated-data",
+            WarningKind::TimeOffsetDropped => "time-offset-dropped",
+        }
+    }
+}
+
 /// One warning, located by segment position and field, never by value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Warning {
@@ -332,6 +354,19 @@ pub(crate) mod testutil {
 mod tests {
     use super::testutil::ctx_with;
     use super::*;
+
+    #[test]
+    fn warning_kind_names_match_their_serialization() {
+        use super::WarningKind as W;
+        for k in [
+            W::InvalidDateTime, W::AmbiguousLocalTime, W::ImpreciseInstant, W::NotNumeric,
+            W::ValueTypeAsString, W::MissingValueType, W::UnknownTableCode, W::MissingRequired,
+            W::UnconfiguredAuthority, W::PatientNotIdentified, W::EncounterNotIdentified,
+            W::RepetitionsDropped, W::InvalidEncapsulatedData, W::TimeOffsetDropped,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+    }
 
     #[test]
     fn unsupported_message_types_are_an_error_naming_only_the_type() {

@@ -1,0 +1,367 @@
+//! The operator API on the admin listener, beside `/livez`, `/readyz` and `/metrics`:
+//!
+//! | method | path                                   | what                                       |
+//! |--------|----------------------------------------|--------------------------------------------|
+//! | GET    | `/status`                              | per tenant and source: received, queued, forwarded, dead letters, oldest age, upstream state |
+//! | GET    | `/queue/dead-letters[?tenant=T]`       | dead letters with their reason (no payload) |
+//! | POST   | `/queue/replay/{tenant}/{id}`          | a dead letter back to the ready queue, in its original place |
+//! | POST   | `/queue/replay/{tenant}?all=true`      | every dead letter of the tenant             |
+//! | DELETE | `/queue/dead-letters/{tenant}/{id}`    | purge one dead letter for good              |
+//!
+//! Every operator action is logged (and counted) with tenant, envelope id and the caller's
+//! address. The listener binds to loopback by default; bearer tokens with roles come with the
+//! compliance work (issue 7) and will guard everything here except the three health routes.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::queue::{Parked, Queue, Stats};
+use crate::status::{Board, SourceStatus, Status, TenantStatus};
+
+/// What the operator API reads and changes.
+#[derive(Clone)]
+pub struct Admin {
+    /// The queue.
+    pub queue: Queue,
+    /// Metrics (received counts).
+    pub metrics: Arc<Metrics>,
+    /// Upstream states and flow counters.
+    pub board: Arc<Board>,
+    /// Tenants and sources, as configured.
+    pub config: Arc<Config>,
+    /// Process start.
+    pub started: Instant,
+    cache: Arc<Mutex<Option<(Instant, Arc<Stats>)>>>,
+}
+
+impl Admin {
+    /// The API state.
+    pub fn new(
+        queue: Queue,
+        metrics: Arc<Metrics>,
+        board: Arc<Board>,
+        config: Arc<Config>,
+    ) -> Admin {
+        Admin {
+            queue,
+            metrics,
+            board,
+            config,
+            started: Instant::now(),
+            cache: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/status", get(status))
+            .route("/queue/dead-letters", get(dead_letters))
+            .route("/queue/dead-letters/{tenant}/{id}", delete(purge))
+            .route("/queue/replay/{tenant}/{id}", post(replay_one))
+            .route("/queue/replay/{tenant}", post(replay_all))
+            .with_state(self)
+    }
+
+    /// Queue stats, at most 2 s old (a full scan: not for every request under load).
+    async fn stats(&self) -> Result<Arc<Stats>, ApiError> {
+        if let Some((at, s)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if at.elapsed() < Duration::from_secs(2) {
+                return Ok(s.clone());
+            }
+        }
+        let q = self.queue.clone();
+        let now = jiff::Timestamp::now().as_microsecond();
+        let stats = tokio::task::spawn_blocking(move || q.stats(now))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let stats = Arc::new(stats);
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), stats.clone()));
+        Ok(stats)
+    }
+
+    /// The `/status` document.
+    pub async fn status(&self) -> Result<Status, ApiError> {
+        let stats = self.stats().await?;
+        let mut tenants = Vec::new();
+        for t in &self.config.tenants {
+            let g = stats.tenants.iter().find(|g| g.tenant == t.id);
+            let (mut forwarded, mut dead_lettered) = (0, 0);
+            for s in self.config.sources.iter().filter(|s| s.tenant == t.id) {
+                let f = self.board.flow_of(&t.id, &s.name);
+                forwarded += f.forwarded;
+                dead_lettered += f.dead_lettered;
+            }
+            tenants.push(TenantStatus {
+                tenant: t.id.clone(),
+                queued: g.map_or(0, |g| g.messages),
+                ready: g.map_or(0, |g| g.ready),
+                dead_letters: g.map_or(0, |g| g.dead_letters),
+                held: g.map_or(0, |g| g.held),
+                oldest_queued_age_seconds: g.and_then(|g| g.oldest_age_seconds),
+                forwarded,
+                dead_lettered,
+                upstream: t
+                    .upstream
+                    .as_ref()
+                    .map(|_| self.board.upstream_of(&t.id).unwrap_or_default()),
+            });
+        }
+        let mut sources = Vec::new();
+        for s in &self.config.sources {
+            let g = stats
+                .sources
+                .iter()
+                .find(|g| g.tenant == s.tenant && g.source.as_deref() == Some(s.name.as_str()));
+            let f = self.board.flow_of(&s.tenant, &s.name);
+            sources.push(SourceStatus {
+                source: s.name.clone(),
+                tenant: s.tenant.clone(),
+                kind: s.kind.as_str().to_owned(),
+                received: self
+                    .metrics
+                    .received
+                    .get_or_create(&Metrics::source(&s.name))
+                    .get(),
+                queued: g.map_or(0, |g| g.messages),
+                dead_letters: g.map_or(0, |g| g.dead_letters),
+                rejected: g.map_or(0, |g| g.rejected),
+                oldest_queued_age_seconds: g.and_then(|g| g.oldest_age_seconds),
+                forwarded: f.forwarded,
+                dead_lettered: f.dead_lettered,
+            });
+        }
+        Ok(Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            tenants,
+            sources,
+        })
+    }
+
+    fn forget_stats(&self) {
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn known_tenant(&self, tenant: &str) -> Result<(), ApiError> {
+        if self.config.tenant(tenant).is_some() {
+            Ok(())
+        } else {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "unknown tenant"))
+        }
+    }
+}
+
+/// An API error: status and a one-line message (never message content).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn internal(message: String) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(a): State<Admin>) -> Result<Json<Status>, ApiError> {
+    a.status().await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct TenantQuery {
+    tenant: Option<String>,
+}
+
+/// One dead letter as the API and `caregate queue dead-letters` show it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Envelope id.
+    pub id: u64,
+    /// Tenant.
+    pub tenant: String,
+    /// Source.
+    pub source: String,
+    /// MSH-9.
+    pub message_type: String,
+    /// MSH-10.
+    pub control_id: String,
+    /// Receipt time (RFC 3339).
+    pub received_at: String,
+    /// Why (JSON: stage, status, correlation id, OperationOutcome).
+    pub reason: serde_json::Value,
+}
+
+/// Lists dead letters (all tenants, or one).
+pub fn list_dead_letters(queue: &Queue, tenant: Option<&str>) -> Result<Vec<DeadLetter>, crate::queue::Error> {
+    Ok(queue
+        .parked(tenant)?
+        .into_iter()
+        .filter(|p| p.state == Parked::DeadLetter)
+        .map(|p| DeadLetter {
+            id: p.id,
+            tenant: p.envelope.tenant.clone(),
+            source: p.envelope.source.clone(),
+            message_type: p.envelope.meta.message_type.clone(),
+            control_id: p.envelope.meta.control_id.clone(),
+            received_at: jiff::Timestamp::from_microsecond(p.envelope.received_at_us)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            reason: serde_json::from_str(&p.reason)
+                .unwrap_or(serde_json::Value::String(p.reason.clone())),
+        })
+        .collect())
+}
+
+async fn dead_letters(
+    State(a): State<Admin>,
+    Query(q): Query<TenantQuery>,
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
+    if let Some(t) = &q.tenant {
+        a.known_tenant(t)?;
+    }
+    let queue = a.queue.clone();
+    let list = tokio::task::spawn_blocking(move || list_dead_letters(&queue, q.tenant.as_deref()))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(list))
+}
+
+/// What a replay or purge did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Done {
+    /// The action.
+    pub action: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Envelope ids affected.
+    pub ids: Vec<u64>,
+}
+
+fn operator_log(a: &Admin, action: &str, tenant: &str, ids: &[u64], peer: SocketAddr) {
+    a.metrics
+        .operator_actions
+        .get_or_create(&Metrics::tenant_and(tenant, "action", action))
+        .inc_by(ids.len() as u64);
+    tracing::info!(action, tenant, ids = ?ids, peer = %peer, "operator action");
+}
+
+async fn replay_one(
+    State(a): State<Admin>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((tenant, id)): Path<(String, u64)>,
+) -> Result<Json<Done>, ApiError> {
+    a.known_tenant(&tenant)?;
+    let is_dead = list_dead_letters(&a.queue, Some(&tenant))
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .iter()
+        .any(|d| d.id == id);
+    if !is_dead {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such dead letter"));
+    }
+    a.queue
+        .unpark(&tenant, id)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    operator_log(&a, "replay", &tenant, &[id], peer);
+    a.forget_stats();
+    Ok(Json(Done {
+        action: "replay".into(),
+        tenant,
+        ids: vec![id],
+    }))
+}
+
+#[derive(Deserialize)]
+struct AllQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn replay_all(
+    State(a): State<Admin>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(tenant): Path<String>,
+    Query(q): Query<AllQuery>,
+) -> Result<Json<Done>, ApiError> {
+    a.known_tenant(&tenant)?;
+    if !q.all {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "name an id (/queue/replay/{tenant}/{id}) or pass ?all=true",
+        ));
+    }
+    let ids: Vec<u64> = list_dead_letters(&a.queue, Some(&tenant))
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    for id in &ids {
+        a.queue
+            .unpark(&tenant, *id)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    operator_log(&a, "replay", &tenant, &ids, peer);
+    a.forget_stats();
+    Ok(Json(Done {
+        action: "replay".into(),
+        tenant,
+        ids,
+    }))
+}
+
+async fn purge(
+    State(a): State<Admin>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((tenant, id)): Path<(String, u64)>,
+) -> Result<Json<Done>, ApiError> {
+    a.known_tenant(&tenant)?;
+    match a.queue.purge(&tenant, id).await {
+        Ok(()) => {}
+        Err(crate::queue::Error::NotFound { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such dead letter (only parked messages can be purged)",
+            ));
+        }
+        Err(e) => return Err(ApiError::internal(e.to_string())),
+    }
+    operator_log(&a, "purge", &tenant, &[id], peer);
+    a.forget_stats();
+    Ok(Json(Done {
+        action: "purge".into(),
+        tenant,
+        ids: vec![id],
+    }))
+}

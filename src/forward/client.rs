@@ -1,0 +1,268 @@
+//! The HTTPS client of one tenant's upstream: TLS 1.3 only (rustls, aws-lc-rs), trust = the
+//! system store plus the configured `ca_file`, optional mTLS, HTTP/2 with keep-alive (ALPN
+//! `h2`, falling back to HTTP/1.1), `application/fhir+json`, a request deadline, an
+//! `X-Request-ID` correlation id on every request, and bearer or OAuth 2.0 client-credentials
+//! authentication. Errors name files and URLs, never message content.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use rustls::ClientConfig;
+use tokio::sync::Mutex;
+
+use super::retry::{self, Answer};
+use super::{Auth, Config, OAuth2};
+use crate::mllp::tls::{load_certs, load_key};
+
+/// FHIR's JSON media type.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// Most response bytes kept (an OperationOutcome for a dead letter; the rest is dropped).
+const MAX_BODY: usize = 64 << 10;
+
+/// Setup errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A certificate or key file.
+    #[error(transparent)]
+    Tls(#[from] crate::mllp::tls::Error),
+    /// rustls refused the setup.
+    #[error("tls setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Http(String),
+}
+
+/// The rustls configuration for an upstream (also used for alert webhooks).
+pub fn tls_config(
+    ca_file: Option<&std::path::Path>,
+    client_cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<ClientConfig, Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let extra = match ca_file {
+        Some(p) => load_certs(p)?,
+        None => Vec::new(),
+    };
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match client_cert {
+        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+struct Token {
+    value: String,
+    /// Refresh before this instant.
+    good_until: Option<Instant>,
+}
+
+/// One tenant's upstream.
+pub struct Upstream {
+    tenant: String,
+    config: Config,
+    http: reqwest::Client,
+    token: Mutex<Option<Token>>,
+}
+
+impl Upstream {
+    /// Builds the client (reads certificates; opens no connection).
+    pub fn new(tenant: &str, config: Config) -> Result<Upstream, Error> {
+        let tls = tls_config(config.ca_file.as_deref(), config.client_cert.as_ref())?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .https_only(true)
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(4)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_while_idle(true)
+            .tcp_keepalive(Duration::from_secs(60))
+            .no_proxy()
+            .user_agent(concat!("caregate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Http(e.to_string()))?;
+        Ok(Upstream {
+            tenant: tenant.to_owned(),
+            config,
+            http,
+            token: Mutex::new(None),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The tenant.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Where requests go, for logs and status (no credentials in it).
+    pub fn endpoint(&self) -> String {
+        let u = &self.config.url;
+        format!("{}://{}{}", u.scheme(), u.authority(), u.path())
+    }
+
+    /// POSTs a transaction Bundle to the base URL.
+    pub async fn post_bundle(&self, body: Vec<u8>, correlation_id: &str) -> Answer {
+        let mut req = self
+            .http
+            .post(self.config.url.clone())
+            .header(CONTENT_TYPE, FHIR_JSON)
+            .header(ACCEPT, FHIR_JSON)
+            .header("Prefer", "return=minimal")
+            .header("X-Request-ID", correlation_id)
+            .body(body);
+        match self.authorization().await {
+            Ok(Some(v)) => req = req.header(AUTHORIZATION, v),
+            Ok(None) => {}
+            Err(e) => return Answer::Transport(e),
+        }
+        match req.send().await {
+            Err(e) => Answer::Transport(describe(&e)),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| retry::parse_retry_after(v, jiff::Timestamp::now()));
+                let body = read_capped(resp).await;
+                Answer::Status {
+                    status,
+                    retry_after,
+                    body,
+                }
+            }
+        }
+    }
+
+    /// Forgets the cached token so the next request fetches (or re-reads) a fresh one.
+    pub async fn invalidate_token(&self) {
+        *self.token.lock().await = None;
+    }
+
+    async fn authorization(&self) -> Result<Option<HeaderValue>, String> {
+        let mut slot = self.token.lock().await;
+        let fresh = slot
+            .as_ref()
+            .is_some_and(|t| t.good_until.is_none_or(|u| Instant::now() < u));
+        if !fresh {
+            *slot = match &self.config.auth {
+                Auth::None => return Ok(None),
+                Auth::BearerFile(path) => {
+                    let v = std::fs::read_to_string(path)
+                        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+                    Some(Token {
+                        value: v.trim().to_owned(),
+                        good_until: None,
+                    })
+                }
+                Auth::OAuth2(o) => Some(self.fetch_token(o).await?),
+            };
+        }
+        let Some(t) = slot.as_ref() else {
+            return Ok(None);
+        };
+        HeaderValue::from_str(&format!("Bearer {}", t.value))
+            .map(Some)
+            .map_err(|_| "the token contains characters not allowed in a header".to_owned())
+    }
+
+    async fn fetch_token(&self, o: &OAuth2) -> Result<Token, String> {
+        let secret = std::fs::read_to_string(&o.client_secret_file)
+            .map_err(|e| format!("reading {}: {e}", o.client_secret_file.display()))?;
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", o.client_id.as_str()),
+            ("client_secret", secret.trim()),
+        ];
+        if let Some(s) = &o.scope {
+            form.push(("scope", s));
+        }
+        let resp = self
+            .http
+            .post(o.token_url.clone())
+            .header(ACCEPT, "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("token endpoint: {}", describe(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("token endpoint answered {}", status.as_u16()));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            access_token: String,
+            expires_in: Option<u64>,
+        }
+        let t: TokenResponse = resp
+            .json()
+            .await
+            .map_err(|_| "token endpoint: not a token response".to_owned())?;
+        // Refresh a little early so a token never expires in flight.
+        let good_until = t.expires_in.map(|s| {
+            let margin = (s / 10).clamp(1, 30);
+            Instant::now() + Duration::from_secs(s.saturating_sub(margin))
+        });
+        Ok(Token {
+            value: t.access_token,
+            good_until,
+        })
+    }
+}
+
+async fn read_capped(resp: reqwest::Response) -> String {
+    let mut resp = resp;
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = MAX_BODY.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= MAX_BODY {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A transport error in one line, with its cause chain (no URL query strings, no bodies).
+pub fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_request() {
+        "request"
+    } else if e.is_body() || e.is_decode() {
+        "response"
+    } else {
+        "transport"
+    };
+    let mut msg = kind.to_owned();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut last = String::new();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if text != last {
+            msg.push_str(": ");
+            msg.push_str(&text);
+            last = text;
+        }
+        src = s.source();
+    }
+    msg
+}

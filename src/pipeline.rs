@@ -1,0 +1,756 @@
+//! The one consumer of the queue: per tenant, lease → convert → forward → ack | retry |
+//! dead-letter.
+//!
+//! # Invariants
+//!
+//! - **Order.** One worker per tenant, one request in flight per worker, and the queue leases a
+//!   source's envelopes only in id order and never past an envelope still leased: a later
+//!   message of a source never reaches the upstream before an earlier one (a dead-lettered
+//!   message is the one exception: it is set aside so the rest can flow).
+//! - **At least once, no duplicates.** An envelope is acked (deleted) only after a 2xx for the
+//!   request that carried it. A crash before the ack re-sends it; every entry is idempotent
+//!   (client-assigned ids with PUT, conditional create/update by identifier), so the server
+//!   ends in the same state.
+//! - **Isolation.** Tenants have their own worker, upstream client (pool, TLS, credentials),
+//!   breaker, backoff and alert state.
+//! - **Batching.** Several messages share one transaction Bundle, bounded by the upstream's
+//!   `batch_messages`, `batch_entries` and `batch_bytes`. Entries that several messages share
+//!   (the same Patient, Encounter or Device, which have identity-derived fullUrls) are sent
+//!   once, as the server would have ended up had the messages gone one by one: the last
+//!   update wins over conditional creates.
+//! - **A refused message never blocks its source.** A content refusal (4xx, see
+//!   [`crate::forward::retry`]) of a batch splits it in halves until the message at fault is
+//!   alone; that one is dead-lettered with the server's OperationOutcome, the others go on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use jiff::tz::TimeZone;
+
+use crate::alert::{self, Alert, Alerter, Outage};
+use crate::convert::{self, Context};
+use crate::envelope::{Envelope, Kind};
+use crate::fhir::bundle::Method;
+use crate::forward::breaker::{self, Breaker};
+use crate::forward::client::Upstream;
+use crate::forward::retry::{self, Answer, Backoff, Disposition};
+use crate::metrics::Metrics;
+use crate::queue::{Parked, Queue};
+use crate::shutdown::Shutdown;
+use crate::status::Board;
+
+/// What conversion needs from the configuration, per tenant.
+#[derive(Debug, Clone)]
+pub struct Conversion {
+    /// Tenant id.
+    pub tenant: String,
+    /// The tenant's zone.
+    pub timezone: TimeZone,
+    /// Per-source zone overrides.
+    pub source_zones: HashMap<String, TimeZone>,
+    /// Assigning authority → identifier system.
+    pub identifier_systems: BTreeMap<String, String>,
+    /// Base of caregate-minted systems.
+    pub system_base: String,
+}
+
+/// Everything a tenant's worker uses.
+pub struct Worker {
+    upstream: Arc<Upstream>,
+    queue: Queue,
+    metrics: Arc<Metrics>,
+    board: Arc<Board>,
+    alerter: Arc<Alerter>,
+    conversion: Arc<Conversion>,
+    shutdown: Shutdown,
+    breaker: Breaker,
+    backoff: Backoff,
+    outage: Outage,
+}
+
+/// One converted message, ready to be put in a request.
+struct Prepared {
+    id: u64,
+    source: String,
+    entries: Vec<PreparedEntry>,
+    bytes: usize,
+}
+
+struct PreparedEntry {
+    full_url: String,
+    put: bool,
+    json: Vec<u8>,
+}
+
+/// Why delivery stopped early.
+#[derive(Debug)]
+struct Stopped;
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// A correlation id for one request: unique per process run and request, no patient data.
+fn correlation_id(tenant: &str) -> String {
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let boot = *BOOT.get_or_init(retry::seed);
+    let n = REQUESTS.fetch_add(1, Ordering::Relaxed);
+    format!("cg-{tenant}-{:08x}-{n:06x}", boot as u32)
+}
+
+fn now_text() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+impl Worker {
+    /// A worker for one tenant.
+    pub fn new(
+        upstream: Arc<Upstream>,
+        queue: Queue,
+        metrics: Arc<Metrics>,
+        board: Arc<Board>,
+        alerter: Arc<Alerter>,
+        conversion: Arc<Conversion>,
+        shutdown: Shutdown,
+    ) -> Worker {
+        let c = upstream.config();
+        let breaker = Breaker::new(c.breaker_failures, c.breaker_open_for, c.retry_max);
+        let backoff = Backoff::new(c.retry_initial, c.retry_max, retry::seed());
+        let outage = Outage::new(c.alert_after, c.alert_repeat);
+        board.upstream(upstream.tenant(), |u| {
+            u.endpoint = upstream.endpoint();
+            u.state = "idle".into();
+            u.breaker = Some(breaker::State::Closed);
+        });
+        Worker {
+            upstream,
+            queue,
+            metrics,
+            board,
+            alerter,
+            conversion,
+            shutdown,
+            breaker,
+            backoff,
+            outage,
+        }
+    }
+
+    fn tenant(&self) -> &str {
+        self.upstream.tenant()
+    }
+
+    /// Runs until shutdown. Leased envelopes not delivered by then are released (they stay
+    /// stored and go first after the restart).
+    pub async fn run(mut self) {
+        let mut readied = self.queue.readied();
+        let tenant = self.tenant().to_owned();
+        tracing::info!(tenant = %tenant, upstream = %self.upstream.endpoint(), "forwarding started");
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            // Mark the current state seen before leasing: a push committed after this point
+            // wakes the wait below.
+            readied.borrow_and_update();
+            let max = self.upstream.config().batch_messages;
+            let leased = match self.queue.lease(&tenant, max) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(tenant = %tenant, error = %e, "leasing from the queue failed");
+                    if self.sleep(Duration::from_secs(1)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if leased.is_empty() {
+                self.metrics
+                    .oldest_ready_seconds
+                    .get_or_create(&Metrics::tenant(&tenant))
+                    .set(0);
+                let mut shutdown = self.shutdown.clone();
+                tokio::select! {
+                    _ = readied.changed() => {}
+                    _ = shutdown.cancelled() => break,
+                    // A replay or a release by another path also makes work; poll now and then.
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                continue;
+            }
+            let oldest = leased.iter().map(|e| e.received_at_us).min().unwrap_or(0);
+            let age = (jiff::Timestamp::now().as_microsecond() - oldest).max(0) / 1_000_000;
+            self.metrics
+                .oldest_ready_seconds
+                .get_or_create(&Metrics::tenant(&tenant))
+                .set(age);
+            let ids: Vec<u64> = leased.iter().map(|e| e.id).collect();
+            let outcome = self.process(leased).await;
+            // Whatever was not acked or parked goes back (on shutdown, or after an error).
+            self.queue.release(&ids);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        tracing::info!(tenant = %tenant, "forwarding stopped");
+    }
+
+    async fn process(&mut self, leased: Vec<Envelope>) -> Result<(), Stopped> {
+        let conversion = self.conversion.clone();
+        let converted = tokio::task::spawn_blocking(move || {
+            leased
+                .into_iter()
+                .map(|e| prepare(&conversion, e))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|_| Stopped)?;
+        let mut ready = Vec::with_capacity(converted.len());
+        for item in converted {
+            match item {
+                Ok((p, report)) => {
+                    self.count_report(&p.source, &report);
+                    ready.push(p);
+                }
+                Err(failed) => self.conversion_failed(failed).await?,
+            }
+        }
+        // Cut into requests within the upstream's bounds, in lease order.
+        let c = self.upstream.config();
+        let (max_entries, max_bytes) = (c.batch_entries, c.batch_bytes);
+        let mut chunk: Vec<Prepared> = Vec::new();
+        let (mut entries, mut bytes) = (0usize, 0usize);
+        for p in ready {
+            if !chunk.is_empty()
+                && (entries + p.entries.len() > max_entries || bytes + p.bytes > max_bytes)
+            {
+                self.deliver(std::mem::take(&mut chunk)).await?;
+                (entries, bytes) = (0, 0);
+            }
+            entries += p.entries.len();
+            bytes += p.bytes;
+            chunk.push(p);
+        }
+        if !chunk.is_empty() {
+            self.deliver(chunk).await?;
+        }
+        Ok(())
+    }
+
+    fn count_report(&self, source: &str, report: &convert::Report) {
+        let tenant = self.tenant();
+        let add = |kind: &str, n: usize| {
+            if n > 0 {
+                self.metrics
+                    .conversion_warnings
+                    .get_or_create(&Metrics::tenant_and(tenant, "kind", kind))
+                    .inc_by(n as u64);
+            }
+        };
+        for w in &report.warnings {
+            add(w.kind.as_str(), 1);
+        }
+        add("unmapped-segment", report.unmapped_segments.values().sum());
+        add("unmapped-field", report.unmapped_fields.values().sum());
+        let _ = source;
+    }
+
+    async fn conversion_failed(&mut self, failed: Failed) -> Result<(), Stopped> {
+        let tenant = self.tenant().to_owned();
+        tracing::warn!(
+            tenant = %tenant,
+            source = %failed.source,
+            envelope = failed.id,
+            message_type = %failed.message_type,
+            control_id = %failed.control_id,
+            error = %failed.reason,
+            "message not converted: dead-lettered"
+        );
+        self.metrics
+            .conversion_failures
+            .get_or_create(&[("tenant", tenant.clone()), ("source", failed.source.clone())])
+            .inc();
+        let reason = serde_json::json!({
+            "stage": "convert",
+            "error": failed.reason,
+            "time": now_text(),
+        })
+        .to_string();
+        self.dead_letter(failed.id, &failed.source, reason).await
+    }
+
+    async fn dead_letter(&mut self, id: u64, source: &str, reason: String) -> Result<(), Stopped> {
+        let tenant = self.tenant().to_owned();
+        loop {
+            match self.queue.park(&tenant, id, Parked::DeadLetter, reason.clone()).await {
+                Ok(()) => break,
+                Err(crate::queue::Error::NotFound { .. }) => break,
+                Err(e) => {
+                    tracing::error!(tenant = %tenant, envelope = id, error = %e, "dead-lettering failed; retrying");
+                    self.sleep(Duration::from_secs(1)).await?;
+                }
+            }
+        }
+        self.metrics
+            .dead_lettered
+            .get_or_create(&[("tenant", tenant.clone()), ("source", source.to_owned())])
+            .inc();
+        self.board.flow(&tenant, source, |f| f.dead_lettered += 1);
+        Ok(())
+    }
+
+    /// Sends `items` until each is delivered or dead-lettered (or shutdown).
+    fn deliver(
+        &mut self,
+        items: Vec<Prepared>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Stopped>> + Send + '_>> {
+        Box::pin(async move {
+            let tenant = self.tenant().to_owned();
+            let body = Bytes::from(merge(&items));
+            let mut conflicts = 0u32;
+            let mut reauthenticated = false;
+            loop {
+                self.wait_for_breaker().await?;
+                let corr = correlation_id(&tenant);
+                let started = Instant::now();
+                let answer = {
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        a = self.upstream.post_bundle(body.to_vec(), &corr) => a,
+                        // The request may or may not land: either way the envelopes stay
+                        // stored and go again after the restart (idempotent).
+                        _ = shutdown.cancelled() => return Err(Stopped),
+                    }
+                };
+                let elapsed = started.elapsed();
+                self.metrics
+                    .upstream_seconds
+                    .get_or_create(&Metrics::tenant(&tenant))
+                    .observe(elapsed.as_secs_f64());
+                let disposition = retry::classify(&answer, conflicts, reauthenticated);
+                let (status, error) = match &answer {
+                    Answer::Status { status, .. } => (Some(*status), format!("HTTP {status}")),
+                    Answer::Transport(e) => (None, e.clone()),
+                };
+                let outcome = match &disposition {
+                    Disposition::Delivered => "delivered",
+                    Disposition::Retry { .. } => "retry",
+                    Disposition::Reauthenticate => "reauthenticate",
+                    Disposition::RouteError => "route_error",
+                    Disposition::Split => "split",
+                    Disposition::Reject => "rejected",
+                };
+                self.metrics
+                    .upstream_requests
+                    .get_or_create(&Metrics::tenant_and(&tenant, "outcome", outcome))
+                    .inc();
+                tracing::debug!(
+                    tenant = %tenant,
+                    correlation_id = %corr,
+                    messages = items.len(),
+                    status,
+                    outcome,
+                    ms = elapsed.as_millis() as u64,
+                    "upstream request"
+                );
+                match disposition {
+                    Disposition::Delivered => {
+                        self.delivered(&items, &corr).await?;
+                        return Ok(());
+                    }
+                    Disposition::Reauthenticate => {
+                        self.upstream.invalidate_token().await;
+                        reauthenticated = true;
+                    }
+                    Disposition::Retry { after } => {
+                        if status == Some(409) {
+                            conflicts += 1;
+                        }
+                        self.failed(&corr, &error, after).await?;
+                        reauthenticated = false;
+                    }
+                    Disposition::RouteError => {
+                        self.upstream.invalidate_token().await;
+                        self.failed(&corr, &error, None).await?;
+                        reauthenticated = false;
+                    }
+                    Disposition::Split | Disposition::Reject => {
+                        // The server answered: it is up.
+                        self.server_answered();
+                        if items.len() == 1 {
+                            let body = match &answer {
+                                Answer::Status { body, .. } => body.as_str(),
+                                Answer::Transport(_) => "",
+                            };
+                            self.rejected(&items[0], status, &corr, body).await?;
+                            return Ok(());
+                        }
+                        tracing::info!(
+                            tenant = %tenant,
+                            correlation_id = %corr,
+                            messages = items.len(),
+                            status,
+                            "upstream refused a batch: splitting it to isolate the message at fault"
+                        );
+                        let mut items = items;
+                        let right = items.split_off(items.len() / 2);
+                        self.deliver(items).await?;
+                        return self.deliver(right).await;
+                    }
+                }
+            }
+        })
+    }
+
+    async fn delivered(&mut self, items: &[Prepared], corr: &str) -> Result<(), Stopped> {
+        let tenant = self.tenant().to_owned();
+        let ids: Vec<u64> = items.iter().map(|p| p.id).collect();
+        loop {
+            match self.queue.ack(&tenant, ids.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    // Delivered but not yet deleted: a restart would send it again, which is
+                    // harmless (idempotent). Keep trying so it is not sent twice needlessly.
+                    tracing::error!(tenant = %tenant, correlation_id = %corr, error = %e, "acknowledging delivered messages failed; retrying");
+                    self.sleep(Duration::from_secs(1)).await?;
+                }
+            }
+        }
+        for p in items {
+            self.metrics
+                .forwarded
+                .get_or_create(&[("tenant", tenant.clone()), ("source", p.source.clone())])
+                .inc();
+            self.board.flow(&tenant, &p.source, |f| f.forwarded += 1);
+        }
+        self.server_answered();
+        self.backoff.reset();
+        self.board.upstream(&tenant, |u| {
+            u.state = "ok".into();
+            u.last_success_at = Some(now_text());
+        });
+        Ok(())
+    }
+
+    /// The upstream answered (2xx or a content refusal): it is reachable.
+    fn server_answered(&mut self) {
+        let tenant = self.tenant().to_owned();
+        self.breaker.success();
+        self.metrics
+            .breaker_state
+            .get_or_create(&Metrics::tenant(&tenant))
+            .set(breaker::State::Closed.as_gauge());
+        let since = self.outage.since();
+        if self.outage.success() == alert::Step::Recovered {
+            self.alert(alert::Kind::UpstreamRecovered, since, "");
+        }
+        self.board.upstream(&tenant, |u| {
+            u.breaker = Some(breaker::State::Closed);
+            u.failing_since = None;
+            u.alert_active = false;
+            if u.state != "ok" {
+                u.state = "ok".into();
+            }
+        });
+    }
+
+    async fn rejected(
+        &mut self,
+        p: &Prepared,
+        status: Option<u16>,
+        corr: &str,
+        body: &str,
+    ) -> Result<(), Stopped> {
+        let tenant = self.tenant().to_owned();
+        tracing::warn!(
+            tenant = %tenant,
+            source = %p.source,
+            envelope = p.id,
+            correlation_id = %corr,
+            status,
+            "upstream refused a message: dead-lettered"
+        );
+        // The OperationOutcome is kept with the dead letter (operators see it through the
+        // admin API), never logged: a server may echo message content in diagnostics.
+        let outcome: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|_| serde_json::Value::String(body.to_owned()));
+        let reason = serde_json::json!({
+            "stage": "upstream",
+            "status": status,
+            "correlation_id": corr,
+            "time": now_text(),
+            "outcome": outcome,
+        })
+        .to_string();
+        self.dead_letter(p.id, &p.source, reason).await
+    }
+
+    /// A retryable failure: count it, maybe alert, wait.
+    async fn failed(&mut self, corr: &str, error: &str, after: Option<Duration>) -> Result<(), Stopped> {
+        let tenant = self.tenant().to_owned();
+        let now = Instant::now();
+        let opened = self.breaker.failure(now);
+        let state = self.breaker.state(now);
+        self.metrics
+            .breaker_state
+            .get_or_create(&Metrics::tenant(&tenant))
+            .set(state.as_gauge());
+        if opened {
+            self.metrics
+                .breaker_trips
+                .get_or_create(&Metrics::tenant(&tenant))
+                .inc();
+            tracing::warn!(tenant = %tenant, error = %error, "circuit breaker opened");
+        }
+        let step = self.outage.failure(now, jiff::Timestamp::now());
+        let since = self.outage.since().map(|t| t.to_string());
+        self.board.upstream(&tenant, |u| {
+            u.state = match state {
+                breaker::State::Open => "open".into(),
+                breaker::State::HalfOpen => "half-open".into(),
+                breaker::State::Closed => "failing".into(),
+            };
+            u.breaker = Some(state);
+            u.failing_since = since;
+            u.last_error = Some(error.to_owned());
+            u.last_error_at = Some(now_text());
+        });
+        if let alert::Step::Raise(kind) = step {
+            let since = self.outage.since();
+            self.alert(kind, since, error);
+        }
+        tracing::warn!(
+            tenant = %tenant,
+            correlation_id = %corr,
+            error = %error,
+            attempt = self.backoff.attempts(),
+            "upstream request failed; will retry"
+        );
+        let backoff = self.backoff.next_delay();
+        let wait = after.map_or(backoff, |a| a.max(Duration::from_millis(100)));
+        self.sleep(wait).await
+    }
+
+    fn alert(&self, kind: alert::Kind, since: Option<jiff::Timestamp>, error: &str) {
+        let tenant = self.tenant().to_owned();
+        let depth = self.queue.tenant_depth(&tenant);
+        self.board.upstream(&tenant, |u| {
+            u.alert_active = kind != alert::Kind::UpstreamRecovered;
+        });
+        self.alerter.send(Alert {
+            kind,
+            severity: if kind == alert::Kind::UpstreamRecovered {
+                "info"
+            } else {
+                "critical"
+            },
+            tenant,
+            upstream: self.upstream.endpoint(),
+            since: since.map(|t| t.to_string()).unwrap_or_default(),
+            queue_depth: depth,
+            last_error: error.to_owned(),
+            time: now_text(),
+            host: String::new(),
+        });
+    }
+
+    async fn wait_for_breaker(&mut self) -> Result<(), Stopped> {
+        let wait = self.breaker.wait(Instant::now());
+        if !wait.is_zero() {
+            self.sleep(wait).await?;
+        }
+        let state = self.breaker.state(Instant::now());
+        self.metrics
+            .breaker_state
+            .get_or_create(&Metrics::tenant(self.tenant()))
+            .set(state.as_gauge());
+        Ok(())
+    }
+
+    /// Sleeps `d`, raising outage alerts that fall due meanwhile; `Err` on shutdown.
+    async fn sleep(&mut self, d: Duration) -> Result<(), Stopped> {
+        let end = Instant::now() + d;
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                return Ok(());
+            }
+            let until = self.outage.next_due().map_or(end, |due| due.clamp(now, end));
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = shutdown.cancelled() => return Err(Stopped),
+            }
+            if let alert::Step::Raise(kind) = self.outage.tick(Instant::now()) {
+                let since = self.outage.since();
+                let error = self
+                    .board
+                    .upstream_of(self.tenant())
+                    .and_then(|u| u.last_error)
+                    .unwrap_or_default();
+                self.alert(kind, since, &error);
+            }
+        }
+    }
+}
+
+/// A message that could not be converted (no values from the message in `reason`).
+struct Failed {
+    id: u64,
+    source: String,
+    message_type: String,
+    control_id: String,
+    reason: String,
+}
+
+fn prepare(c: &Conversion, env: Envelope) -> Result<(Prepared, convert::Report), Failed> {
+    let fail = |reason: String| Failed {
+        id: env.id,
+        source: env.source.clone(),
+        message_type: env.meta.message_type.clone(),
+        control_id: env.meta.control_id.clone(),
+        reason,
+    };
+    let ctx = Context {
+        tenant: &c.tenant,
+        source: &env.source,
+        timezone: c.source_zones.get(&env.source).unwrap_or(&c.timezone),
+        identifier_systems: &c.identifier_systems,
+        system_base: &c.system_base,
+    };
+    let converted = match env.kind {
+        Kind::Hl7 => convert::convert_bytes(&ctx, &env.payload),
+    }
+    .map_err(|e| fail(e.to_string()))?;
+    let mut entries = Vec::with_capacity(converted.bundle.entry.len());
+    let mut bytes = 0;
+    for e in &converted.bundle.entry {
+        let json = serde_json::to_vec(e).map_err(|e| fail(format!("serializing: {e}")))?;
+        bytes += json.len() + 1;
+        entries.push(PreparedEntry {
+            full_url: e.full_url.clone(),
+            put: e.request.method == Method::Put,
+            json,
+        });
+    }
+    Ok((
+        Prepared {
+            id: env.id,
+            source: env.source,
+            entries,
+            bytes,
+        },
+        converted.report,
+    ))
+}
+
+/// One transaction Bundle from several messages' entries, in message order. An entry whose
+/// fullUrl already appeared (the same Patient/Encounter/Device: their fullUrls derive from
+/// their identity) is sent once, as sequential processing would leave it: a PUT (update)
+/// replaces an earlier entry, a conditional create after an earlier entry changes nothing.
+fn merge(items: &[Prepared]) -> Vec<u8> {
+    let mut slots: Vec<&PreparedEntry> = Vec::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    for e in items.iter().flat_map(|p| &p.entries) {
+        match at.get(e.full_url.as_str()) {
+            None => {
+                at.insert(&e.full_url, slots.len());
+                slots.push(e);
+            }
+            Some(&i) => {
+                if e.put {
+                    slots[i] = e;
+                }
+            }
+        }
+    }
+    let total: usize = slots.iter().map(|e| e.json.len() + 1).sum();
+    let mut out = Vec::with_capacity(total + 64);
+    out.extend_from_slice(br#"{"resourceType":"Bundle","type":"transaction","entry":["#);
+    for (i, e) in slots.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&e.json);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(url: &str, put: bool, tag: &str) -> PreparedEntry {
+        PreparedEntry {
+            full_url: url.into(),
+            put,
+            json: format!(r#"{{"fullUrl":"{url}","tag":"{tag}"}}"#).into_bytes(),
+        }
+    }
+
+    fn prepared(id: u64, entries: Vec<PreparedEntry>) -> Prepared {
+        Prepared {
+            id,
+            source: "lab".into(),
+            bytes: entries.iter().map(|e| e.json.len()).sum(),
+            entries,
+        }
+    }
+
+    fn tags(body: &[u8]) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["resourceType"], "Bundle");
+        assert_eq!(v["type"], "transaction");
+        v["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["tag"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn shared_entries_are_sent_once_and_updates_win() {
+        let a = prepared(
+            1,
+            vec![
+                entry("urn:uuid:p", false, "create-p-1"),
+                entry("urn:uuid:o1", true, "obs-1"),
+            ],
+        );
+        let b = prepared(
+            2,
+            vec![
+                entry("urn:uuid:p", true, "update-p-2"),
+                entry("urn:uuid:o2", true, "obs-2"),
+            ],
+        );
+        let c = prepared(
+            3,
+            vec![
+                entry("urn:uuid:p", false, "create-p-3"),
+                entry("urn:uuid:o3", true, "obs-3"),
+            ],
+        );
+        assert_eq!(
+            tags(&merge(&[a, b, c])),
+            vec!["update-p-2", "obs-1", "obs-2", "obs-3"]
+        );
+    }
+
+    #[test]
+    fn a_single_message_is_its_own_bundle() {
+        let a = prepared(1, vec![entry("urn:uuid:x", true, "x")]);
+        assert_eq!(tags(&merge(&[a])), vec!["x"]);
+    }
+
+    #[test]
+    fn correlation_ids_are_unique_and_carry_the_tenant() {
+        let a = correlation_id("north");
+        let b = correlation_id("north");
+        assert_ne!(a, b);
+        assert!(a.starts_with("cg-north-"), "{a}");
+    }
+}
