@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 export CARGO_TERM_COLOR=never
+# Interop tests (tests/it/fhir_server.rs) fail instead of skipping when node is missing.
+export CAREGATE_REQUIRE_INTEROP=1
 echo "== fmt";    cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --all-targets --locked -- -D warnings
 echo "== tests"

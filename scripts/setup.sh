@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing caregate needs on a fresh Debian machine: a C compiler
 # (aws-lc-rs builds C), the Rust toolchain with rustfmt and clippy, and Node.js for the FHIR
-# validator used by the conversion conformance tests. Idempotent; safe to re-run.
+# validator used by the conversion conformance tests and for the FHIR server of the interop
+# tests. Idempotent; safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,10 @@ if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 
-# Node packages of the FHIR validator (pinned by its package-lock.json).
+# Node packages of the FHIR validator and of the test FHIR server (pinned by package-lock.json).
 if [ -f tests/fhir-validator/package-lock.json ] && [ ! -d tests/fhir-validator/node_modules ]; then
   npm ci --prefix tests/fhir-validator --no-audit --no-fund
+fi
+if [ -f tests/fhir-server/package-lock.json ] && [ ! -d tests/fhir-server/node_modules ]; then
+  npm ci --prefix tests/fhir-server --no-audit --no-fund
 fi

@@ -14,6 +14,8 @@ use caregate::metrics::Metrics;
 use caregate::mllp::client::{Client, Reply};
 use caregate::queue::{Opener, Queue};
 
+pub mod fhir_server;
+
 /// A started in-process gateway and its temporary directory.
 pub struct Gateway {
     pub running: Option<Running>,
@@ -181,7 +183,7 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 
 // === TLS material, generated at test time ===
 
-/// A CA, a server certificate for `localhost` and a client certificate, as PEM files.
+/// A CA, a server certificate for `localhost` and 127.0.0.1 and a client certificate, as PEM files.
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub ca: PathBuf,
@@ -204,7 +206,8 @@ pub fn pki() -> Pki {
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
 
     let server_key = KeyPair::generate().unwrap();
-    let server_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let server_params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
 
     let client_key = KeyPair::generate().unwrap();
