@@ -29,6 +29,9 @@ use crate::metrics::Metrics;
 use crate::queue::{Parked, Queue, Stats};
 use crate::status::{Board, SourceStatus, Status, TenantStatus};
 
+/// Queue stats and when they were read.
+type CachedStats = (Instant, Arc<Stats>);
+
 /// What the operator API reads and changes.
 #[derive(Clone)]
 pub struct Admin {
@@ -42,7 +45,7 @@ pub struct Admin {
     pub config: Arc<Config>,
     /// Process start.
     pub started: Instant,
-    cache: Arc<Mutex<Option<(Instant, Arc<Stats>)>>>,
+    cache: Arc<Mutex<Option<CachedStats>>>,
 }
 
 impl Admin {
@@ -76,7 +79,12 @@ impl Admin {
 
     /// Queue stats, at most 2 s old (a full scan: not for every request under load).
     async fn stats(&self) -> Result<Arc<Stats>, ApiError> {
-        if let Some((at, s)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some((at, s)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             if at.elapsed() < Duration::from_secs(2) {
                 return Ok(s.clone());
             }
@@ -88,7 +96,8 @@ impl Admin {
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let stats = Arc::new(stats);
-        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), stats.clone()));
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), stats.clone()));
         Ok(stats)
     }
 
@@ -222,7 +231,10 @@ pub struct DeadLetter {
 }
 
 /// Lists dead letters (all tenants, or one).
-pub fn list_dead_letters(queue: &Queue, tenant: Option<&str>) -> Result<Vec<DeadLetter>, crate::queue::Error> {
+pub fn list_dead_letters(
+    queue: &Queue,
+    tenant: Option<&str>,
+) -> Result<Vec<DeadLetter>, crate::queue::Error> {
     Ok(queue
         .parked(tenant)?
         .into_iter()

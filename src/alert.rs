@@ -59,7 +59,9 @@ impl RawConfig {
             webhooks.push(Webhook {
                 url,
                 ca_file: w.ca_file.map(|p| crate::config::resolve(base, &p)),
-                bearer_token_file: w.bearer_token_file.map(|p| crate::config::resolve(base, &p)),
+                bearer_token_file: w
+                    .bearer_token_file
+                    .map(|p| crate::config::resolve(base, &p)),
             });
         }
         Ok(Config { webhooks })

@@ -18,13 +18,13 @@ use crate::admin::Admin;
 use crate::alert::Alerter;
 use crate::config::{Config, SourceKind};
 use crate::forward::client::Upstream;
-use crate::pipeline::{self, Worker};
-use crate::status::Board;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::mllp;
+use crate::pipeline::{self, Worker};
 use crate::queue::Queue;
 use crate::shutdown::{self, Trigger};
+use crate::status::Board;
 
 /// Runtime switches that are not part of the pipeline description (CLI flags).
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +113,9 @@ pub async fn start_with_queue(
 
     // Upstream clients are built before anything runs: a bad certificate stops the start.
     let board = Arc::new(Board::default());
-    let alerter = Arc::new(Alerter::new(&config.alert, metrics.clone()).context("setting up alert webhooks")?);
+    let alerter = Arc::new(
+        Alerter::new(&config.alert, metrics.clone()).context("setting up alert webhooks")?,
+    );
     let mut workers = Vec::new();
     for t in &config.tenants {
         let Some(up) = &t.upstream else {
@@ -122,7 +124,11 @@ pub async fn start_with_queue(
         };
         let upstream = Upstream::new(&t.id, up.clone())
             .with_context(|| format!("setting up the upstream of tenant {}", t.id))?;
-        workers.push((t.id.clone(), Arc::new(upstream), Arc::new(conversion_of(config, t)?)));
+        workers.push((
+            t.id.clone(),
+            Arc::new(upstream),
+            Arc::new(conversion_of(config, t)?),
+        ));
     }
 
     let config_arc = Arc::new(config.clone());
@@ -130,7 +136,13 @@ pub async fn start_with_queue(
     let mut tasks = JoinSet::new();
     let mut names = HashMap::new();
     let (r, m, s) = (ready.clone(), metrics.clone(), trigger.subscribe());
-    let h = tasks.spawn(health::run(admin_listener, r, m, admin_api.clone().router(), s));
+    let h = tasks.spawn(health::run(
+        admin_listener,
+        r,
+        m,
+        admin_api.clone().router(),
+        s,
+    ));
     names.insert(h.id(), "admin listener".to_owned());
     for (tenant, upstream, conversion) in workers {
         let w = Worker::new(
@@ -231,7 +243,10 @@ pub async fn run(
 }
 
 /// What conversion needs for one tenant, from the configuration.
-fn conversion_of(config: &Config, t: &crate::config::Tenant) -> anyhow::Result<pipeline::Conversion> {
+fn conversion_of(
+    config: &Config,
+    t: &crate::config::Tenant,
+) -> anyhow::Result<pipeline::Conversion> {
     let zone = |name: &Option<String>| -> anyhow::Result<jiff::tz::TimeZone> {
         Ok(match name {
             Some(z) => jiff::tz::TimeZone::get(z).with_context(|| format!("time zone {z}"))?,

@@ -141,33 +141,60 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue {
-            command: QueueCommand::DeadLetters { config, tenant, json },
+            command:
+                QueueCommand::DeadLetters {
+                    config,
+                    tenant,
+                    json,
+                },
         } => {
             let config = Config::load(&config)?;
             let list = runtime()?.block_on(ops::dead_letters(&config, tenant.as_deref()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<10} {:<12} {:<16} {:<10} {:<20} {:<26} REASON", "ID", "TENANT", "SOURCE", "TYPE", "CONTROL ID", "RECEIVED");
+                println!(
+                    "{:<10} {:<12} {:<16} {:<10} {:<20} {:<26} REASON",
+                    "ID", "TENANT", "SOURCE", "TYPE", "CONTROL ID", "RECEIVED"
+                );
                 for d in &list {
                     let reason = match (&d.reason["stage"], &d.reason["status"]) {
-                        (serde_json::Value::String(stage), serde_json::Value::Number(n)) => format!("{stage} HTTP {n}"),
-                        (serde_json::Value::String(stage), _) => format!("{stage}: {}", d.reason["error"].as_str().unwrap_or("")),
+                        (serde_json::Value::String(stage), serde_json::Value::Number(n)) => {
+                            format!("{stage} HTTP {n}")
+                        }
+                        (serde_json::Value::String(stage), _) => {
+                            format!("{stage}: {}", d.reason["error"].as_str().unwrap_or(""))
+                        }
                         _ => d.reason.to_string(),
                     };
-                    println!("{:<10} {:<12} {:<16} {:<10} {:<20} {:<26} {reason}", d.id, d.tenant, d.source, d.message_type, d.control_id, d.received_at);
+                    println!(
+                        "{:<10} {:<12} {:<16} {:<10} {:<20} {:<26} {reason}",
+                        d.id, d.tenant, d.source, d.message_type, d.control_id, d.received_at
+                    );
                 }
                 eprintln!("{} dead letters", list.len());
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue {
-            command: QueueCommand::Replay { config, tenant, all, id },
+            command:
+                QueueCommand::Replay {
+                    config,
+                    tenant,
+                    all,
+                    id,
+                },
         } => {
             let config = Config::load(&config)?;
             let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
-            let done = runtime()?.block_on(ops::replay(&config, &tenant, if all { None } else { id }))?;
-            println!("replayed {} dead letters of tenant {}: {:?}", done.ids.len(), done.tenant, done.ids);
+            let done =
+                runtime()?.block_on(ops::replay(&config, &tenant, if all { None } else { id }))?;
+            println!(
+                "replayed {} dead letters of tenant {}: {:?}",
+                done.ids.len(),
+                done.tenant,
+                done.ids
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue {

@@ -74,13 +74,23 @@ pub fn pick_tenant(config: &Config, tenant: Option<&str>) -> anyhow::Result<Stri
 }
 
 async fn offline_queue(config: &Config) -> anyhow::Result<crate::queue::Queue> {
-    eprintln!("caregate is not running: working on the queue in {} directly", config.data_dir.display());
-    crate::queue::Queue::open(&config.data_dir, config.queue, crate::metrics::Metrics::new())
-        .with_context(|| format!("opening the queue in {}", config.data_dir.display()))
+    eprintln!(
+        "caregate is not running: working on the queue in {} directly",
+        config.data_dir.display()
+    );
+    crate::queue::Queue::open(
+        &config.data_dir,
+        config.queue,
+        crate::metrics::Metrics::new(),
+    )
+    .with_context(|| format!("opening the queue in {}", config.data_dir.display()))
 }
 
 /// Dead letters (all tenants or one).
-pub async fn dead_letters(config: &Config, tenant: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
+pub async fn dead_letters(
+    config: &Config,
+    tenant: Option<&str>,
+) -> anyhow::Result<Vec<DeadLetter>> {
     let path = match tenant {
         Some(t) => format!("/queue/dead-letters?tenant={t}"),
         None => "/queue/dead-letters".to_owned(),
@@ -112,7 +122,10 @@ pub async fn replay(config: &Config, tenant: &str, id: Option<u64>) -> anyhow::R
                 .collect();
             if id.is_some() && dead.is_empty() {
                 q.close().await;
-                bail!("no dead letter {} in tenant {tenant}", id.unwrap_or_default());
+                bail!(
+                    "no dead letter {} in tenant {tenant}",
+                    id.unwrap_or_default()
+                );
             }
             for d in &dead {
                 q.unpark(tenant, *d).await?;

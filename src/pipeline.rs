@@ -269,7 +269,10 @@ impl Worker {
         );
         self.metrics
             .conversion_failures
-            .get_or_create(&[("tenant", tenant.clone()), ("source", failed.source.clone())])
+            .get_or_create(&[
+                ("tenant", tenant.clone()),
+                ("source", failed.source.clone()),
+            ])
             .inc();
         let reason = serde_json::json!({
             "stage": "convert",
@@ -283,7 +286,11 @@ impl Worker {
     async fn dead_letter(&mut self, id: u64, source: &str, reason: String) -> Result<(), Stopped> {
         let tenant = self.tenant().to_owned();
         loop {
-            match self.queue.park(&tenant, id, Parked::DeadLetter, reason.clone()).await {
+            match self
+                .queue
+                .park(&tenant, id, Parked::DeadLetter, reason.clone())
+                .await
+            {
                 Ok(()) => break,
                 Err(crate::queue::Error::NotFound { .. }) => break,
                 Err(e) => {
@@ -473,8 +480,8 @@ impl Worker {
         );
         // The OperationOutcome is kept with the dead letter (operators see it through the
         // admin API), never logged: a server may echo message content in diagnostics.
-        let outcome: serde_json::Value =
-            serde_json::from_str(body).unwrap_or_else(|_| serde_json::Value::String(body.to_owned()));
+        let outcome: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|_| serde_json::Value::String(body.to_owned()));
         let reason = serde_json::json!({
             "stage": "upstream",
             "status": status,
@@ -487,7 +494,12 @@ impl Worker {
     }
 
     /// A retryable failure: count it, maybe alert, wait.
-    async fn failed(&mut self, corr: &str, error: &str, after: Option<Duration>) -> Result<(), Stopped> {
+    async fn failed(
+        &mut self,
+        corr: &str,
+        error: &str,
+        after: Option<Duration>,
+    ) -> Result<(), Stopped> {
         let tenant = self.tenant().to_owned();
         let now = Instant::now();
         let opened = self.breaker.failure(now);
@@ -576,7 +588,10 @@ impl Worker {
             if now >= end {
                 return Ok(());
             }
-            let until = self.outage.next_due().map_or(end, |due| due.clamp(now, end));
+            let until = self
+                .outage
+                .next_due()
+                .map_or(end, |due| due.clamp(now, end));
             let mut shutdown = self.shutdown.clone();
             tokio::select! {
                 _ = tokio::time::sleep_until(until.into()) => {}

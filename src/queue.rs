@@ -476,7 +476,8 @@ impl Queue {
     /// with [`Error::NotFound`]: it is still owed to the upstream.
     pub async fn purge(&self, tenant: &str, id: u64) -> Result<(), Error> {
         let tenant = tenant.to_owned();
-        self.call(|reply| Command::Purge { tenant, id, reply }).await
+        self.call(|reply| Command::Purge { tenant, id, reply })
+            .await
     }
 
     /// A receiver that changes after every commit that made envelopes ready to forward.
@@ -1246,7 +1247,9 @@ impl Inner {
                             .map_err(storage)?
                             .is_some();
                         let r = if was {
-                            if let Some(v) = envelopes.remove((tenant.as_str(), id)).map_err(storage)? {
+                            if let Some(v) =
+                                envelopes.remove((tenant.as_str(), id)).map_err(storage)?
+                            {
                                 if let Ok(env) = Envelope::decode(v.value()) {
                                     totals.messages = totals.messages.saturating_sub(1);
                                     totals.bytes =

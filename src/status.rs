@@ -148,8 +148,8 @@ impl std::fmt::Display for Status {
         writeln!(f, "caregate {} up {}s", self.version, self.uptime_seconds)?;
         writeln!(
             f,
-            "{:<14} {:<10} {:>8} {:>9} {:>6} {:>7}  {}",
-            "TENANT", "UPSTREAM", "QUEUED", "FORWARDED", "DEAD", "OLDEST", "LAST ERROR"
+            "{:<14} {:<10} {:>8} {:>9} {:>6} {:>7}  LAST ERROR",
+            "TENANT", "UPSTREAM", "QUEUED", "FORWARDED", "DEAD", "OLDEST"
         )?;
         for t in &self.tenants {
             let (state, err) = match &t.upstream {

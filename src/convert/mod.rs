@@ -359,10 +359,20 @@ mod tests {
     fn warning_kind_names_match_their_serialization() {
         use super::WarningKind as W;
         for k in [
-            W::InvalidDateTime, W::AmbiguousLocalTime, W::ImpreciseInstant, W::NotNumeric,
-            W::ValueTypeAsString, W::MissingValueType, W::UnknownTableCode, W::MissingRequired,
-            W::UnconfiguredAuthority, W::PatientNotIdentified, W::EncounterNotIdentified,
-            W::RepetitionsDropped, W::InvalidEncapsulatedData, W::TimeOffsetDropped,
+            W::InvalidDateTime,
+            W::AmbiguousLocalTime,
+            W::ImpreciseInstant,
+            W::NotNumeric,
+            W::ValueTypeAsString,
+            W::MissingValueType,
+            W::UnknownTableCode,
+            W::MissingRequired,
+            W::UnconfiguredAuthority,
+            W::PatientNotIdentified,
+            W::EncounterNotIdentified,
+            W::RepetitionsDropped,
+            W::InvalidEncapsulatedData,
+            W::TimeOffsetDropped,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }

@@ -146,8 +146,12 @@ impl RawConfig {
                 existing(base, "client_cert", &c)?,
                 existing(base, "client_key", &k)?,
             )),
-            (Some(_), None) => return Err(("client_key".into(), "required with client_cert".into())),
-            (None, Some(_)) => return Err(("client_cert".into(), "required with client_key".into())),
+            (Some(_), None) => {
+                return Err(("client_key".into(), "required with client_cert".into()));
+            }
+            (None, Some(_)) => {
+                return Err(("client_cert".into(), "required with client_key".into()));
+            }
         };
         let auth = match (self.bearer_token_file, self.oauth2) {
             (Some(_), Some(_)) => {
@@ -158,14 +162,21 @@ impl RawConfig {
             }
             (Some(f), None) => Auth::BearerFile(existing(base, "bearer_token_file", &f)?),
             (None, Some(o)) => Auth::OAuth2(OAuth2 {
-                token_url: https_url(&o.token_url).map_err(|m| ("oauth2.token_url".to_owned(), m))?,
+                token_url: https_url(&o.token_url)
+                    .map_err(|m| ("oauth2.token_url".to_owned(), m))?,
                 client_id: o.client_id,
-                client_secret_file: existing(base, "oauth2.client_secret_file", &o.client_secret_file)?,
+                client_secret_file: existing(
+                    base,
+                    "oauth2.client_secret_file",
+                    &o.client_secret_file,
+                )?,
                 scope: o.scope,
             }),
             (None, None) => Auth::None,
         };
-        let d = |v: Option<HumanDuration>, default: u64| v.map_or(Duration::from_secs(default), |d| d.0);
+        let d = |v: Option<HumanDuration>, default: u64| {
+            v.map_or(Duration::from_secs(default), |d| d.0)
+        };
         let positive = |key: &str, v: Duration| {
             if v.is_zero() {
                 Err((key.to_owned(), "must be greater than zero".to_owned()))
@@ -178,7 +189,10 @@ impl RawConfig {
         let retry_initial = positive("retry_initial", d(self.retry_initial, 1))?;
         let retry_max = positive("retry_max", d(self.retry_max, 300))?;
         if retry_max < retry_initial {
-            return Err(("retry_max".into(), "must not be shorter than retry_initial".into()));
+            return Err((
+                "retry_max".into(),
+                "must not be shorter than retry_initial".into(),
+            ));
         }
         let breaker_open_for = positive("breaker_open_for", d(self.breaker_open_for, 30))?;
         let alert_after = positive("alert_after", d(self.alert_after, 60))?;
@@ -191,15 +205,24 @@ impl RawConfig {
         let alert_repeat = positive("alert_repeat", d(self.alert_repeat, 900))?;
         let batch_messages = self.batch_messages.unwrap_or(100);
         if !(1..=10_000).contains(&batch_messages) {
-            return Err(("batch_messages".into(), "must be between 1 and 10000".into()));
+            return Err((
+                "batch_messages".into(),
+                "must be between 1 and 10000".into(),
+            ));
         }
         let batch_entries = self.batch_entries.unwrap_or(2_000);
         if !(1..=100_000).contains(&batch_entries) {
-            return Err(("batch_entries".into(), "must be between 1 and 100000".into()));
+            return Err((
+                "batch_entries".into(),
+                "must be between 1 and 100000".into(),
+            ));
         }
         let batch_bytes = self.batch_bytes.map_or(8 << 20, |b| b.0);
         if !((64 << 10)..=(256 << 20)).contains(&batch_bytes) {
-            return Err(("batch_bytes".into(), "must be between 64KiB and 256MiB".into()));
+            return Err((
+                "batch_bytes".into(),
+                "must be between 64KiB and 256MiB".into(),
+            ));
         }
         let breaker_failures = self.breaker_failures.unwrap_or(5);
         if breaker_failures == 0 {
@@ -260,8 +283,14 @@ mod tests {
 
     #[test]
     fn missing_files_and_half_mtls_name_their_key() {
-        assert_eq!(raw("ca_file = \"/nonexistent/ca.pem\"").unwrap_err().0, "ca_file");
-        assert_eq!(raw("client_cert = \"/etc/hostname\"").unwrap_err().0, "client_key");
+        assert_eq!(
+            raw("ca_file = \"/nonexistent/ca.pem\"").unwrap_err().0,
+            "ca_file"
+        );
+        assert_eq!(
+            raw("client_cert = \"/etc/hostname\"").unwrap_err().0,
+            "client_key"
+        );
         assert_eq!(
             raw("bearer_token_file = \"/nonexistent\"").unwrap_err().0,
             "bearer_token_file"

@@ -265,7 +265,10 @@ mod tests {
                 .saturating_mul(1 << n)
                 .min(Duration::from_secs(2));
             let d = b.next_delay();
-            assert!(d >= cap / 2 && d <= cap, "attempt {n}: {d:?} outside {cap:?}");
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {n}: {d:?} outside {cap:?}"
+            );
             caps.push(cap);
         }
         assert_eq!(b.attempts(), 8);

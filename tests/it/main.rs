@@ -10,6 +10,7 @@ mod convert; // HL7 v2 → FHIR golden Bundles, idempotency, report invariants
 mod convert_conformance; // corpus ORU/ADT → FHIR: converts, validates (Node @medplum), compares with other converters
 mod corpus_mllp; // every corpus message over MLLP: AA for well-formed, never AA otherwise
 mod fhir_server; // converter Bundles against a real FHIR server (Node, medplum in memory, HTTPS): commit, replay, faults, auth
+mod forward; // store-and-forward end to end against the real FHIR server: once each, outages, dead letters, tenants, OAuth2
 mod hl7_corpus; // every corpus HL7 file through the parser
 mod mllp; // MLLP ingest: ACK codes, durability before AA, framing, limits, TLS, shutdown
 mod process; // the real binary: SIGKILL under load, CLI commands, shipped config files
