@@ -303,3 +303,172 @@ fn print_config_is_the_shipped_default_and_it_validates() {
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/caregate.toml")).unwrap();
     assert_eq!(out.stdout, shipped);
 }
+
+/// A lab result for the kill test (synthetic): two Observations, one of `mrns` patients.
+fn kill_lab(control: &str, mrn: usize) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|LABSYS|MAINLAB|CAREGATE|HOSP|20240105103000+0100||ORU^R01^ORU_R01|{control}|P|2.5.1\r\
+         PID|1||KMRN{mrn}^^^NORTH-MRN^MR||DOE^JANE||19800101|F\r\
+         OBR|1||ORD-{control}|24323-8^Metabolic panel^LN|||20240105100000\r\
+         OBX|1|NM|2345-7^Glucose^LN||97|mg/dL|70-99|N|||F\r\
+         OBX|2|NM|2823-3^Potassium^LN||4.1|mmol/L|3.5-5.1|N|||F\r"
+    )
+    .into_bytes()
+}
+
+fn kill_observation_ids(msg: &[u8]) -> Vec<String> {
+    let zone = jiff::tz::TimeZone::get("UTC").unwrap();
+    let systems = Default::default();
+    let ctx = caregate::convert::Context {
+        tenant: "north",
+        source: "lab",
+        timezone: &zone,
+        identifier_systems: &systems,
+        system_base: "urn:caregate",
+    };
+    let c = caregate::convert::convert_bytes(&ctx, msg).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&c.bundle.to_json()).unwrap();
+    v["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Observation")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_forwarding_ten_times_delivers_every_acked_message_once() {
+    use crate::support::fhir_server::{FhirServer, Options};
+    let pki = crate::support::pki();
+    let Some(server) = FhirServer::start(&pki, Options::default()).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mllp = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let text = format!(
+        "data_dir = \"{data}\"\n[admin]\nlisten = \"{admin}\"\n\
+         [[tenant]]\nid = \"north\"\ntimezone = \"UTC\"\n\
+         [tenant.upstream]\nurl = \"{url}\"\nca_file = \"{ca}\"\nbatch_messages = 5\nretry_initial = \"50ms\"\nretry_max = \"500ms\"\n\
+         [[source]]\nname = \"lab\"\ntenant = \"north\"\nkind = \"mllp\"\nlisten = \"{mllp}\"\n",
+        data = dir.path().join("data").display(),
+        url = server.base_url(),
+        ca = pki.ca.display(),
+    );
+    let config = dir.path().join("caregate.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("log");
+
+    const MRNS: usize = 7;
+    let mut acked: Vec<Vec<u8>> = Vec::new();
+    let mut sent = 0usize;
+    let mut kills_mid_flight = 0;
+    let mut unacked: Vec<Vec<u8>> = Vec::new();
+    for cycle in 0..10 {
+        let mut daemon = Daemon::start(&config, &mllp, log.clone());
+        // Send while the daemon forwards, and kill it in the middle of both.
+        let addr = mllp.clone();
+        let sender = tokio::spawn(async move {
+            let mut ok = Vec::new();
+            let mut tried = 0usize;
+            let mut unanswered = None;
+            let Ok(mut c) = Client::connect(&addr, Duration::from_secs(5)).await else {
+                return (ok, tried, unanswered);
+            };
+            for i in 0..400 {
+                let msg = kill_lab(&format!("KF-{cycle}-{i}"), (cycle * 400 + i) % MRNS);
+                tried += 1;
+                match c.send(&msg).await {
+                    Ok(r) if code(&r) == "AA" => ok.push(msg),
+                    Ok(r) => panic!("cycle {cycle}: unexpected reply {}", r.raw),
+                    Err(_) => {
+                        // Killed mid-exchange: never ACKed, but it may have been stored.
+                        unanswered = Some(msg);
+                        break;
+                    }
+                }
+            }
+            (ok, tried, unanswered)
+        });
+        tokio::time::sleep(Duration::from_millis(150 + 40 * cycle as u64)).await;
+        daemon.kill9();
+        let (ok, tried, maybe) = sender.await.unwrap();
+        sent += tried;
+        acked.extend(ok);
+        unacked.extend(maybe);
+        if server.count("Observation").await < acked.len() as u64 * 2 {
+            kills_mid_flight += 1;
+        }
+    }
+    // The last start drains what is left.
+    let mut daemon = Daemon::start(&config, &mllp, log.clone());
+    let http = reqwest::Client::new();
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s: serde_json::Value = http
+            .get(format!("http://{admin}/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["tenants"][0]["queued"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < end, "queue did not drain: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(daemon.terminate().success());
+
+    // Every ACKed message's Observations are at the server, and nothing is there twice.
+    let ids: Vec<String> = acked.iter().flat_map(|m| kill_observation_ids(m)).collect();
+    for chunk in ids.chunks(40) {
+        let found = server
+            .search(
+                "Observation",
+                &format!("_id={}&_summary=count", chunk.join(",")),
+            )
+            .await;
+        assert_eq!(
+            found["total"],
+            chunk.len(),
+            "an ACKed message is missing at the server"
+        );
+    }
+    // A message stored but killed before its ACK went out may be delivered too (the sender
+    // will resend it and the server keeps one copy): count those that arrived.
+    let mut arrived_unacked = 0u64;
+    for m in &unacked {
+        let mine = kill_observation_ids(m);
+        let found = server
+            .search(
+                "Observation",
+                &format!("_id={}&_summary=count", mine.join(",")),
+            )
+            .await;
+        arrived_unacked += u64::from(found["total"] == mine.len());
+    }
+    let messages = acked.len() as u64 + arrived_unacked;
+    assert_eq!(
+        server.count("Observation").await,
+        messages * 2,
+        "Observations at the server beyond one per delivered message"
+    );
+    assert_eq!(server.count("DiagnosticReport").await, messages);
+    assert_eq!(
+        server.count("Patient").await,
+        MRNS as u64,
+        "one Patient per MRN"
+    );
+    assert!(
+        kills_mid_flight >= 5,
+        "only {kills_mid_flight} kills happened while forwarding"
+    );
+    eprintln!(
+        "sigkill forwarding test: {sent} sent, {} ACKed, {arrived_unacked} stored before an ACK could go out, {kills_mid_flight}/10 kills mid-flight, {} Observations at the server",
+        acked.len(),
+        messages * 2
+    );
+}
