@@ -472,3 +472,81 @@ async fn sigkill_while_forwarding_ten_times_delivers_every_acked_message_once() 
         messages * 2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_queue_commands_use_the_running_daemon_or_the_queue_directly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, mllp) = Daemon::write_config(dir.path());
+    let mut daemon = Daemon::start(&config, &mllp, dir.path().join("log"));
+    let mut c = Client::connect(&mllp, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(code(&c.send(&oru(&format!("ST-{i}"))).await.unwrap()), "AA");
+    }
+    drop(c);
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["sources"][0]["source"], "lab");
+    assert_eq!(s["sources"][0]["received"], 3);
+    assert_eq!(s["tenants"][0]["queued"], 3);
+    assert!(
+        s["tenants"][0]["upstream"].is_null(),
+        "no upstream configured"
+    );
+    let out = Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("TENANT") && text.contains("north"), "{text}");
+    // While it runs, the queue commands go through its admin API.
+    let out = Command::new(BIN)
+        .args(["queue", "dead-letters", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let out = Command::new(BIN)
+        .args(["queue", "purge", "1", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a ready message cannot be purged");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    assert!(daemon.terminate().success());
+    // Stopped: status says so; the queue commands open the queue themselves.
+    let out = Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no caregate answered"));
+    let out = Command::new(BIN)
+        .args(["queue", "replay", "--all", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 0"));
+}
