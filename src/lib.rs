@@ -14,8 +14,11 @@
 //!                              │                      (group commit: one fsync for all pending)
 //!                              ◀──────────── ACK (AA/CA only after the commit returned) ◀──┘
 //!
-//!  queue ──lease──▶ pipeline ──▶ convert (pure) ──▶ forward (TLS 1.3) ──▶ ack | retry | dead-letter
-//!                   (the one consumer; later issues)
+//!  queue ──lease──▶ pipeline (one worker per tenant) ──▶ convert (pure) ──▶ merge into one
+//!   ▲               transaction Bundle ──▶ forward::client (TLS 1.3, h2) ──▶ tenant's FHIR server
+//!   │                                                                          │
+//!   └── ack (delete) on 2xx │ retry + backoff + breaker │ split + dead-letter on 4xx ◀─┘
+//!                             (forward::retry decides; alert on long outages)
 //! ```
 //!
 //! ## Invariants
@@ -31,6 +34,12 @@
 //!    and are kept in the rejected area.
 //! 5. **No patient data in logs, errors or metrics**: ids (source, envelope id, control id,
 //!    peer), codes and counts only.
+//! 6. **No duplicates at the cloud.** An envelope is deleted only after a 2xx for the request
+//!    that carried it, so a crash re-sends it; every Bundle entry is idempotent (ids derived
+//!    from tenant, source, control id and position with PUT; conditional create/update by
+//!    identifier), so a re-send leaves the server as it was. See [`pipeline`].
+//! 7. **Order per source, tenants apart.** One in-flight request per tenant, leases in id order
+//!    per source; each tenant has its own client, pool, credentials, breaker and alert state.
 //!
 //! ## Code map
 //!
@@ -39,7 +48,11 @@
 //! - [`mllp`]: framing codec, listener, client, TLS.
 //! - [`hl7`]: zero-copy HL7 v2 parser, escapes, charsets, batches, ACK table.
 //! - [`queue`]: redb-backed durable queue with group commit; [`envelope`]: what it stores.
-//! - [`health`]: `/livez`, `/readyz`, `/metrics`; [`metrics`]: every metric in one place.
+//! - [`convert`] (pure) and [`fhir`]: HL7 v2 → FHIR R4 transaction Bundles.
+//! - [`pipeline`]: the one consumer of the queue; [`forward`]: upstream config, HTTPS client,
+//!   retry classification, circuit breaker; [`alert`]: outage alerts and webhooks.
+//! - [`health`]: `/livez`, `/readyz`, `/metrics`; [`admin`]: `/status` and queue operations;
+//!   [`status`]: what status shows; [`ops`]: the CLI side of them; [`metrics`]: every metric.
 //! - [`shutdown`]: shutdown signalling; [`cli`]: the command line.
 
 pub mod admin;
