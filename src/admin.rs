@@ -3,6 +3,7 @@
 //! | method | path                                   | what                                       |
 //! |--------|----------------------------------------|--------------------------------------------|
 //! | GET    | `/status`                              | per tenant and source: received, queued, forwarded, dead letters, oldest age, upstream state |
+//! | GET    | `/queue/stats`                         | what `caregate queue stats` prints          |
 //! | GET    | `/queue/dead-letters[?tenant=T]`       | dead letters with their reason (no payload) |
 //! | POST   | `/queue/replay/{tenant}/{id}`          | a dead letter back to the ready queue, in its original place |
 //! | POST   | `/queue/replay/{tenant}?all=true`      | every dead letter of the tenant             |
@@ -70,6 +71,7 @@ impl Admin {
     pub fn router(self) -> Router {
         Router::new()
             .route("/status", get(status))
+            .route("/queue/stats", get(queue_stats))
             .route("/queue/dead-letters", get(dead_letters))
             .route("/queue/dead-letters/{tenant}/{id}", delete(purge))
             .route("/queue/replay/{tenant}/{id}", post(replay_one))
@@ -204,6 +206,12 @@ impl IntoResponse for ApiError {
 
 async fn status(State(a): State<Admin>) -> Result<Json<Status>, ApiError> {
     a.status().await.map(Json)
+}
+
+async fn queue_stats(State(a): State<Admin>) -> Result<Json<Stats>, ApiError> {
+    a.forget_stats();
+    let s = a.stats().await?;
+    Ok(Json(Stats::clone(&s)))
 }
 
 #[derive(Deserialize)]

