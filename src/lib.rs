@@ -38,11 +38,13 @@
 //! - [`config`]: the TOML file, validated before any I/O.
 //! - [`mllp`]: framing codec, listener, client, TLS.
 //! - [`hl7`]: zero-copy HL7 v2 parser, escapes, charsets, batches, ACK table.
+//! - [`astm`]: ASTM E1381 link layer (sans-IO) and E1394 record parser for lab analyzers.
 //! - [`queue`]: redb-backed durable queue with group commit; [`envelope`]: what it stores.
 //! - [`health`]: `/livez`, `/readyz`, `/metrics`; [`metrics`]: every metric in one place.
 //! - [`shutdown`]: shutdown signalling; [`cli`]: the command line.
 
 pub mod app;
+pub mod astm;
 pub mod cli;
 pub mod config;
 pub mod convert;
