@@ -47,6 +47,7 @@
 //! - [`config`]: the TOML file, validated before any I/O.
 //! - [`mllp`]: framing codec, listener, client, TLS.
 //! - [`hl7`]: zero-copy HL7 v2 parser, escapes, charsets, batches, ACK table.
+//! - [`astm`]: ASTM E1381 link layer (sans-IO) and E1394 record parser for lab analyzers.
 //! - [`queue`]: redb-backed durable queue with group commit; [`envelope`]: what it stores.
 //! - [`convert`] (pure) and [`fhir`]: HL7 v2 → FHIR R4 transaction Bundles.
 //! - [`pipeline`]: the one consumer of the queue; [`forward`]: upstream config, HTTPS client,
@@ -58,6 +59,7 @@
 pub mod admin;
 pub mod alert;
 pub mod app;
+pub mod astm;
 pub mod cli;
 pub mod config;
 pub mod convert;

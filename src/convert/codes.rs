@@ -287,6 +287,32 @@ pub fn report_status(code: &str) -> Option<&'static str> {
         .map(|&(_, v)| v)
 }
 
+/// ASTM R-9 result status (E1394 / LIS2-A2, protocols.md §7.6, gateway column **\[P\]**) →
+/// (Observation.status, the dataAbsentReason it implies, whether the code is also kept as an
+/// extension because the FHIR status loses its meaning). `N` ("information for a new order")
+/// is not a result and not in the table: the caller skips such records.
+pub const ASTM_RESULT_STATUS: &[(&str, &str, Option<&str>, bool)] = &[
+    ("C", "corrected", None, false),
+    ("P", "preliminary", None, false),
+    ("F", "final", None, false),
+    ("X", "cancelled", Some("cannot-be-obtained"), false),
+    ("I", "registered", None, false),
+    ("S", "preliminary", None, true),
+    ("M", "final", None, true),
+    ("R", "final", None, true),
+    ("Q", "final", None, true),
+    ("V", "final", None, true),
+    ("W", "preliminary", None, true),
+];
+
+/// Looks up R-9; `None` for codes not in the table.
+pub fn astm_result_status(code: &str) -> Option<(&'static str, Option<&'static str>, bool)> {
+    ASTM_RESULT_STATUS
+        .iter()
+        .find(|(k, ..)| k.eq_ignore_ascii_case(code.trim()))
+        .map(|&(_, s, d, keep)| (s, d, keep))
+}
+
 /// PID-8 (table 0001) → Patient.gender (§5.8).
 pub const GENDER: &[(&str, &str)] = &[
     ("F", "female"),
@@ -735,6 +761,21 @@ mod tests {
         assert_eq!(observation_status("O"), Some(("registered", None)));
         assert_eq!(observation_status("Q"), None);
         assert_eq!(OBSERVATION_STATUS.len(), 15);
+    }
+
+    #[test]
+    fn astm_result_status_follows_protocols_7_6() {
+        assert_eq!(astm_result_status("F"), Some(("final", None, false)));
+        assert_eq!(astm_result_status("c"), Some(("corrected", None, false)));
+        assert_eq!(
+            astm_result_status("X"),
+            Some(("cancelled", Some("cannot-be-obtained"), false))
+        );
+        assert_eq!(astm_result_status("W"), Some(("preliminary", None, true)));
+        assert_eq!(astm_result_status("M"), Some(("final", None, true)));
+        assert_eq!(astm_result_status("I"), Some(("registered", None, false)));
+        assert_eq!(astm_result_status("N"), None);
+        assert_eq!(astm_result_status("Z"), None);
     }
 
     #[test]

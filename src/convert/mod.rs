@@ -1,4 +1,4 @@
-//! HL7 v2 message → FHIR R4 transaction [`Bundle`].
+//! HL7 v2 message (and ASTM E1394 message, [`convert_astm`]) → FHIR R4 transaction [`Bundle`].
 //!
 //! Spec: the HL7 v2-to-FHIR IG (message map ORU_R01, segment maps PID/PV1/OBR/OBX/NTE/SPM,
 //! datatype and vocabulary ConceptMaps), IHE PCD-01 for device observations, FHIR R4
@@ -13,7 +13,13 @@
 //!              ORU^R01 (oru.rs, pcd.rs) · ADT^A01/A04/A08 (adt.rs) · else Error::Unsupported
 //!                                                              ▼
 //!                              Conversion { bundle: fhir::Bundle, report: Report }
+//!
+//!   ASTM text ──astm::record::Message::parse──▶ convert_astm (astm.rs) ──▶ Conversion
 //! ```
+//!
+//! ASTM results have no message control id to hang ids on: their Observation ids come from the
+//! natural key of protocols.md §7.7 (instrument, specimen, test, completion time), and Patient,
+//! Specimen and Device go by identifier.
 //!
 //! Invariants:
 //! - **Pure.** No clock, no randomness, no I/O: the output is a function of the message and
@@ -35,6 +41,7 @@ pub mod id;
 pub mod time;
 
 mod adt;
+mod astm;
 mod oru;
 mod party;
 mod pcd;
@@ -87,6 +94,8 @@ pub enum ObxReason {
     },
     /// Flagged TEST or DEMO by the device (§4.5): not patient data.
     DeviceTestData,
+    /// ASTM R-9 `N`: the record carries information for a new order, not a result (§7.6).
+    NotAResult,
 }
 
 /// One OBX that is not an Observation of its own.
@@ -131,6 +140,11 @@ pub enum WarningKind {
     InvalidEncapsulatedData,
     /// An offset on a TM value was dropped (FHIR time has none).
     TimeOffsetDropped,
+    /// ASTM: a record out of the E1394 order (kept under an implicit parent) or after the
+    /// terminator (ignored).
+    UnexpectedRecord,
+    /// ASTM: two results share a natural key; the later one's id also holds its record number.
+    DuplicateNaturalKey,
 }
 
 impl WarningKind {
@@ -169,9 +183,10 @@ pub struct Warning {
 /// What a conversion did and did not map. Holds no values from the message.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
-    /// MSH-9.1^MSH-9.2, e.g. `ORU^R01`.
+    /// MSH-9.1^MSH-9.2, e.g. `ORU^R01` (`ASTM^E1394` for ASTM messages).
     pub message_type: String,
-    /// OBX segments in the message.
+    /// OBX segments in the message (R records for ASTM; `segment` positions in this report
+    /// are then ASTM record numbers, H = 1, and fields are written `R-4`).
     pub obx_in: usize,
     /// Observations in the Bundle.
     pub observations_out: usize,
@@ -219,6 +234,9 @@ pub enum Error {
     /// The bytes are not a parseable HL7 v2 message.
     #[error("not a valid HL7 v2 message")]
     Hl7(#[from] hl7::Error),
+    /// The bytes are not a parseable ASTM E1394 message.
+    #[error("not a valid ASTM E1394 message")]
+    Astm(#[from] crate::astm::record::Error),
     /// A message type caregate does not convert (the caller keeps it as unconverted).
     #[error("message type {message_type} is not converted")]
     Unsupported {
@@ -300,6 +318,20 @@ pub fn to_bundle(ctx: &Context<'_>, message: &Message<'_>) -> Result<Conversion,
         ("ADT", "A01" | "A04" | "A08") => adt::convert(ctx, message, &header, &mut report)?,
         _ => return Err(Error::Unsupported { message_type }),
     };
+    report.observations_out = bundle.count("Observation");
+    Ok(Conversion { bundle, report })
+}
+
+/// Decodes (UTF-8, else ISO 8859-1), parses and converts one ASTM E1394 message (H … L), as
+/// the ASTM link layer delivers it. See `astm.rs` in this module for the mapping.
+pub fn convert_astm(ctx: &Context<'_>, raw: &[u8]) -> Result<Conversion, Error> {
+    let text = crate::astm::record::decode(raw);
+    let message = crate::astm::record::Message::parse(&text)?;
+    let mut report = Report {
+        message_type: astm::MESSAGE_TYPE.to_owned(),
+        ..Report::default()
+    };
+    let bundle = astm::convert(ctx, &message, &mut report);
     report.observations_out = bundle.count("Observation");
     Ok(Conversion { bundle, report })
 }

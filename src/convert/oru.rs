@@ -779,6 +779,7 @@ pub(crate) fn device_entry(
         id: None,
         identifier: vec![identifier],
         type_,
+        ..crate::fhir::Device::default()
     };
     let entry = Entry::create_if_none_exist(
         &uuid,

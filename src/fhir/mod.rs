@@ -732,9 +732,29 @@ pub struct Device {
     /// EUI-64 or EI identifier.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub identifier: Vec<Identifier>,
+    /// Manufacturer name (ASTM H-5 component 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    /// Serial number (ASTM H-5 component 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    /// Model (ASTM H-5 component 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_number: Option<String>,
     /// Device type (MDC_DEV_* code of the MDS/VMD row).
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<CodeableConcept>,
+    /// Software versions (ASTM H-5 component 3).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub version: Vec<DeviceVersion>,
+}
+
+/// Device.version entry.
+#[derive(Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceVersion {
+    /// The version text.
+    pub value: String,
 }
 
 /// Specimen.collection.
