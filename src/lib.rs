@@ -41,6 +41,7 @@
 //! - [`queue`]: redb-backed durable queue with group commit; [`envelope`]: what it stores.
 //! - [`health`]: `/livez`, `/readyz`, `/metrics`; [`metrics`]: every metric in one place.
 //! - [`shutdown`]: shutdown signalling; [`cli`]: the command line.
+//! - [`systemd`]: `READY=1`, `STATUS=`, `STOPPING=1`, `WATCHDOG=1` for the service manager.
 
 pub mod app;
 pub mod cli;
@@ -54,3 +55,4 @@ pub mod metrics;
 pub mod mllp;
 pub mod queue;
 pub mod shutdown;
+pub mod systemd;
