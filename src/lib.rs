@@ -55,6 +55,7 @@
 //! - [`health`]: `/livez`, `/readyz`, `/metrics`; [`admin`]: `/status` and queue operations;
 //!   [`status`]: what status shows; [`ops`]: the CLI side of them; [`metrics`]: every metric.
 //! - [`shutdown`]: shutdown signalling; [`cli`]: the command line.
+//! - [`systemd`]: `READY=1`, `STATUS=`, `STOPPING=1`, `WATCHDOG=1` for the service manager.
 
 pub mod admin;
 pub mod alert;
@@ -75,3 +76,4 @@ pub mod pipeline;
 pub mod queue;
 pub mod shutdown;
 pub mod status;
+pub mod systemd;
