@@ -144,7 +144,9 @@ pub async fn start_with_queue(
         s,
     ));
     names.insert(h.id(), "admin listener".to_owned());
+    let mut heartbeats = Vec::new();
     for (tenant, upstream, conversion) in workers {
+        let request_timeout = upstream.config().timeout;
         let w = Worker::new(
             upstream,
             queue.clone(),
@@ -154,8 +156,18 @@ pub async fn start_with_queue(
             conversion,
             trigger.subscribe(),
         );
+        heartbeats.push((tenant.clone(), w.heartbeat(), request_timeout));
         let h = tasks.spawn(w.run());
         names.insert(h.id(), format!("forwarding for tenant {tenant}"));
+    }
+    if let Some(interval) = crate::systemd::watchdog_interval() {
+        let h = tasks.spawn(watchdog(
+            interval,
+            queue.clone(),
+            heartbeats,
+            trigger.subscribe(),
+        ));
+        names.insert(h.id(), "watchdog".to_owned());
     }
     let mut mllp_addrs = Vec::new();
     for (name, l) in listeners {
@@ -164,11 +176,11 @@ pub async fn start_with_queue(
         names.insert(h.id(), format!("source {name}"));
     }
     ready.set();
-    notify(&[sd_notify::NotifyState::Ready]);
-    notify(&[sd_notify::NotifyState::Status(&format!(
-        "running: {} sources",
-        mllp_addrs.len()
-    ))]);
+    // READY=1 only once the latch is set: queue open, every listener bound, workers started.
+    if let Err(e) = crate::systemd::ready() {
+        tracing::debug!(error = %e, "sd_notify READY failed");
+    }
+    let _ = crate::systemd::status(&format!("running: {} sources", mllp_addrs.len()));
     tracing::info!(sources = mllp_addrs.len(), admin = %admin, "caregate ready");
     Ok(Running {
         mllp: mllp_addrs,
@@ -193,7 +205,7 @@ impl Running {
     /// Ordered shutdown within the configured deadline. Returns the names of tasks that did
     /// not finish in time (empty when clean).
     pub async fn stop(mut self) -> Vec<String> {
-        notify(&[sd_notify::NotifyState::Stopping]);
+        let _ = crate::systemd::stopping();
         self.trigger.fire();
         let deadline = tokio::time::Instant::now() + self.deadline;
         loop {
@@ -227,7 +239,32 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let running = start(&config, options).await?;
-    shutdown.await;
+    // SIGHUP (systemctl reload): the new file is validated; applying it in place is not built
+    // yet, so a valid change is reported as needing a restart and an invalid one is refused.
+    // Either way the running configuration stays and no message is affected.
+    let path = config.path.clone();
+    let reloads = async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return std::future::pending::<()>().await;
+        };
+        while hup.recv().await.is_some() {
+            match Config::load(&path) {
+                Ok(_) => tracing::warn!(
+                    config = %path.display(),
+                    "SIGHUP: the configuration file is valid, but applying changes in place is not built yet: restart caregate to apply them (the running configuration stays)"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: the configuration file is invalid and was refused; the running configuration stays"
+                ),
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = reloads => {}
+    }
     let queue = running.queue.clone();
     let late = running.stop().await;
     // A clean close spares the next start a repair and lets `queue stats` read offline.
@@ -268,8 +305,42 @@ fn conversion_of(
     })
 }
 
-fn notify(state: &[sd_notify::NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(state) {
-        tracing::debug!(error = %e, "sd_notify failed");
+/// Feeds the systemd watchdog only while the data path is alive: the queue's writer thread
+/// answers (not stuck in a commit) and every forwarding worker has beaten recently (a worker
+/// blocked in a request gets the request timeout as grace). A stuck part stops the feeding,
+/// and systemd restarts the service; what was stuck is logged.
+async fn watchdog(
+    interval: Duration,
+    queue: Queue,
+    workers: Vec<(String, Arc<std::sync::atomic::AtomicI64>, Duration)>,
+    mut shutdown: shutdown::Shutdown,
+) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let mut stuck = Vec::new();
+        if !queue.ping(interval).await {
+            stuck.push("queue writer".to_owned());
+        }
+        let now = pipeline::epoch_seconds();
+        for (tenant, beat, timeout) in &workers {
+            let age = now - beat.load(std::sync::atomic::Ordering::Relaxed);
+            let grace = (timeout.as_secs() + 2 * interval.as_secs().max(1)) as i64;
+            if age > grace {
+                stuck.push(format!("forwarding for tenant {tenant} (silent {age}s)"));
+            }
+        }
+        if stuck.is_empty() {
+            let (messages, _) = queue.depth();
+            let _ = crate::systemd::status(&format!("running: {messages} messages queued"));
+            if let Err(e) = crate::systemd::watchdog() {
+                tracing::debug!(error = %e, "sd_notify WATCHDOG failed");
+            }
+        } else {
+            tracing::error!(stuck = ?stuck, "not feeding the systemd watchdog: part of the data path is stuck");
+        }
     }
 }

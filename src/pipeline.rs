@@ -69,6 +69,12 @@ pub struct Worker {
     breaker: Breaker,
     backoff: Backoff,
     outage: Outage,
+    heartbeat: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Seconds since the Unix epoch, for heartbeats.
+pub fn epoch_seconds() -> i64 {
+    jiff::Timestamp::now().as_second()
 }
 
 /// One converted message, ready to be put in a request.
@@ -134,7 +140,18 @@ impl Worker {
             breaker,
             backoff,
             outage,
+            heartbeat: Arc::new(std::sync::atomic::AtomicI64::new(epoch_seconds())),
         }
+    }
+
+    /// Seconds-since-epoch of the worker's last sign of life (the watchdog reads it): it beats
+    /// at least every second while waiting and after every request.
+    pub fn heartbeat(&self) -> Arc<std::sync::atomic::AtomicI64> {
+        self.heartbeat.clone()
+    }
+
+    fn beat(&self) {
+        self.heartbeat.store(epoch_seconds(), Ordering::Relaxed);
     }
 
     fn tenant(&self) -> &str {
@@ -148,6 +165,7 @@ impl Worker {
         let tenant = self.tenant().to_owned();
         tracing::info!(tenant = %tenant, upstream = %self.upstream.endpoint(), "forwarding started");
         loop {
+            self.beat();
             if self.shutdown.is_cancelled() {
                 break;
             }
@@ -174,8 +192,9 @@ impl Worker {
                 tokio::select! {
                     _ = readied.changed() => {}
                     _ = shutdown.cancelled() => break,
-                    // A replay or a release by another path also makes work; poll now and then.
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    // A replay or a release by another path also makes work; poll now and then
+                    // (and beat for the watchdog).
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
             }
@@ -331,6 +350,7 @@ impl Worker {
                     }
                 };
                 let elapsed = started.elapsed();
+                self.beat();
                 self.metrics
                     .upstream_seconds
                     .get_or_create(&Metrics::tenant(&tenant))

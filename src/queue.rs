@@ -272,6 +272,8 @@ enum Command {
     },
     /// Finish what is pending, close the database cleanly and stop the writer.
     Close { reply: oneshot::Sender<()> },
+    /// Answered at once by the writer thread: proves it is not stuck (the watchdog).
+    Ping { reply: oneshot::Sender<()> },
 }
 
 impl Command {
@@ -561,6 +563,14 @@ impl Queue {
             leased.insert(e.id);
         }
         Ok(out)
+    }
+
+    /// Whether the writer thread answers within `within` (it is not stuck in a commit).
+    pub async fn ping(&self, within: Duration) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let asked =
+            async { self.tx.send(Command::Ping { reply }).await.is_ok() && rx.await.is_ok() };
+        tokio::time::timeout(within, asked).await.unwrap_or(false)
     }
 
     /// Closes the database cleanly (so the next open needs no repair) after every pending
@@ -912,11 +922,18 @@ impl Inner {
         let mut healthy = true;
         let mut last_expiry = Instant::now();
         while let Some(first) = rx.blocking_recv() {
-            if let Command::Close { reply } = first {
-                self.close_db();
-                let _ = reply.send(());
-                return;
-            }
+            let first = match first {
+                Command::Close { reply } => {
+                    self.close_db();
+                    let _ = reply.send(());
+                    return;
+                }
+                Command::Ping { reply } => {
+                    let _ = reply.send(());
+                    continue;
+                }
+                other => other,
+            };
             let mut group = vec![first];
             let mut closing = None;
             let mut bytes = group[0].payload_len();
@@ -925,6 +942,9 @@ impl Inner {
                     Ok(Command::Close { reply }) => {
                         closing = Some(reply);
                         break;
+                    }
+                    Ok(Command::Ping { reply }) => {
+                        let _ = reply.send(());
                     }
                     Ok(c) => {
                         bytes += c.payload_len();
@@ -986,7 +1006,7 @@ impl Inner {
             | Command::Park { reply, .. }
             | Command::Unpark { reply, .. }
             | Command::Purge { reply, .. } => drop(reply.send(Err(err()))),
-            Command::Close { reply } => drop(reply.send(())),
+            Command::Close { reply } | Command::Ping { reply } => drop(reply.send(())),
         }
     }
 
@@ -1042,8 +1062,8 @@ impl Inner {
             let mut buf = Vec::new();
             for c in group {
                 match c {
-                    // `run` takes Close out before a group is built; answering it is harmless.
-                    Command::Close { reply } => drop(reply.send(())),
+                    // `run` takes Close and Ping out before a group is built; answering is harmless.
+                    Command::Close { reply } | Command::Ping { reply } => drop(reply.send(())),
                     Command::Push { items, reply } => {
                         // Resends need no space: find them first, then apply the limits to
                         // what is new. A batch is all or nothing.

@@ -165,6 +165,8 @@ impl WarningKind {
             WarningKind::RepetitionsDropped => "repetitions-dropped",
             WarningKind::InvalidEncapsulatedData => "invalid-encapsulated-data",
             WarningKind::TimeOffsetDropped => "time-offset-dropped",
+            WarningKind::UnexpectedRecord => "unexpected-record",
+            WarningKind::DuplicateNaturalKey => "duplicate-natural-key",
         }
     }
 }

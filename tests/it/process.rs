@@ -550,3 +550,69 @@ async fn status_and_queue_commands_use_the_running_daemon_or_the_queue_directly(
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_ready_watchdog_and_stopping_are_notified_and_sighup_never_kills() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, mllp) = Daemon::write_config(dir.path());
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut got: Vec<String> = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 512];
+    while Instant::now() < end && got.iter().filter(|m| m.contains("WATCHDOG=1")).count() < 4 {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
+    assert!(
+        got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 4,
+        "{got:?}"
+    );
+    assert!(got.iter().any(|m| m.contains("STATUS=")), "{got:?}");
+
+    // A reload with a broken file is refused; the daemon keeps serving.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}\nbogus_key = 1\n")).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = Client::connect(&mllp, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(code(&c.send(&oru("AFTER-HUP")).await.unwrap()), "AA");
+    drop(c);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop caregate"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("invalid and was refused"), "{text}");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut stopping = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        stopping |= String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+    }
+    assert!(stopping, "STOPPING=1 on shutdown");
+}
