@@ -40,9 +40,11 @@
 //! - [`hl7`]: zero-copy HL7 v2 parser, escapes, charsets, batches, ACK table.
 //! - [`queue`]: redb-backed durable queue with group commit; [`envelope`]: what it stores.
 //! - [`health`]: `/livez`, `/readyz`, `/metrics`; [`metrics`]: every metric in one place.
+//! - [`audit`]: the append-only audit trail (hash-chained, signed, never patient data).
 //! - [`shutdown`]: shutdown signalling; [`cli`]: the command line.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod convert;
