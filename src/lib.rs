@@ -54,6 +54,7 @@
 //!   retry classification, circuit breaker; [`alert`]: outage alerts and webhooks.
 //! - [`health`]: `/livez`, `/readyz`, `/metrics`; [`admin`]: `/status` and queue operations;
 //!   [`status`]: what status shows; [`ops`]: the CLI side of them; [`metrics`]: every metric.
+//! - [`audit`]: the append-only audit trail (hash-chained, signed, never patient data).
 //! - [`shutdown`]: shutdown signalling; [`cli`]: the command line.
 //! - [`systemd`]: `READY=1`, `STATUS=`, `STOPPING=1`, `WATCHDOG=1` for the service manager.
 
@@ -61,6 +62,7 @@ pub mod admin;
 pub mod alert;
 pub mod app;
 pub mod astm;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod convert;

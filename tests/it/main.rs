@@ -7,6 +7,7 @@
 mod support;
 
 mod astm; // ASTM E1381 link (simulated analyzer, faults, virtual clock) + E1394 parse + FHIR goldens; corpus replay
+mod audit; // audit trail: tamper evidence with file/line, crash recovery, rotation/compression/retention, export
 mod convert; // HL7 v2 → FHIR golden Bundles, idempotency, report invariants
 mod convert_conformance; // corpus ORU/ADT → FHIR: converts, validates (Node @medplum), compares with other converters
 mod corpus_mllp; // every corpus message over MLLP: AA for well-formed, never AA otherwise
