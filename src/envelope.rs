@@ -21,6 +21,10 @@ use bytes::Bytes;
 pub enum Kind {
     /// One HL7 v2 message (ER7), as received.
     Hl7 = 1,
+    /// One ASTM E1394 message (records separated by CR, frames already joined), as received.
+    Astm = 2,
+    /// One device reading (MQTT JSON, Modbus poll) as a [`crate::reading::Reading`] in JSON.
+    Reading = 3,
 }
 
 /// Forwarding priority. Lower sorts first in the queue's ready index.
@@ -135,6 +139,8 @@ impl Envelope {
         let received_at_us = i64::from_le_bytes(r.array()?);
         let kind = match r.u8()? {
             1 => Kind::Hl7,
+            2 => Kind::Astm,
+            3 => Kind::Reading,
             _ => return Err(Error::Corrupt(r.pos)),
         };
         let lane = match r.u8()? {

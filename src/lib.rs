@@ -76,6 +76,7 @@ pub mod mllp;
 pub mod ops;
 pub mod pipeline;
 pub mod queue;
+pub mod reading;
 pub mod shutdown;
 pub mod status;
 pub mod systemd;
