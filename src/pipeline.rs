@@ -70,6 +70,9 @@ pub struct Worker {
     backoff: Backoff,
     outage: Outage,
     heartbeat: Arc<std::sync::atomic::AtomicI64>,
+    /// Acks (queue deletes, one fsync each) still committing: the next request goes out while
+    /// they do. All are awaited before leases are released, so nothing is leased twice.
+    acks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Seconds since the Unix epoch, for heartbeats.
@@ -141,6 +144,7 @@ impl Worker {
             backoff,
             outage,
             heartbeat: Arc::new(std::sync::atomic::AtomicI64::new(epoch_seconds())),
+            acks: Vec::new(),
         }
     }
 
@@ -172,7 +176,8 @@ impl Worker {
             // Mark the current state seen before leasing: a push committed after this point
             // wakes the wait below.
             readied.borrow_and_update();
-            let max = self.upstream.config().batch_messages;
+            // Four requests' worth: each next one is converted while one is on the wire.
+            let max = self.upstream.config().batch_messages * 4;
             let leased = match self.queue.lease(&tenant, max) {
                 Ok(l) => l,
                 Err(e) => {
@@ -206,6 +211,9 @@ impl Worker {
                 .set(age);
             let ids: Vec<u64> = leased.iter().map(|e| e.id).collect();
             let outcome = self.process(leased).await;
+            for ack in self.acks.drain(..) {
+                let _ = ack.await;
+            }
             // Whatever was not acked or parked goes back (on shutdown, or after an error).
             self.queue.release(&ids);
             if outcome.is_err() {
@@ -215,16 +223,37 @@ impl Worker {
         tracing::info!(tenant = %tenant, "forwarding stopped");
     }
 
+    /// Converts and delivers what was leased, a request's worth at a time; the next slice is
+    /// converted (on a blocking thread) while the current one is on the wire.
     async fn process(&mut self, leased: Vec<Envelope>) -> Result<(), Stopped> {
+        let per = self.upstream.config().batch_messages.max(1);
+        let mut slices: std::collections::VecDeque<Vec<Envelope>> =
+            std::collections::VecDeque::new();
+        let mut rest = leased;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(per));
+            slices.push_back(std::mem::replace(&mut rest, tail));
+        }
+        let mut next = slices.pop_front().map(|s| self.convert(s));
+        while let Some(handle) = next.take() {
+            let converted = handle.await.map_err(|_| Stopped)?;
+            next = slices.pop_front().map(|s| self.convert(s));
+            self.send_converted(converted).await?;
+        }
+        Ok(())
+    }
+
+    fn convert(&self, slice: Vec<Envelope>) -> tokio::task::JoinHandle<Vec<Prepare>> {
         let conversion = self.conversion.clone();
-        let converted = tokio::task::spawn_blocking(move || {
-            leased
+        tokio::task::spawn_blocking(move || {
+            slice
                 .into_iter()
                 .map(|e| prepare(&conversion, e))
                 .collect::<Vec<_>>()
         })
-        .await
-        .map_err(|_| Stopped)?;
+    }
+
+    async fn send_converted(&mut self, converted: Vec<Prepare>) -> Result<(), Stopped> {
         let mut ready = Vec::with_capacity(converted.len());
         for item in converted {
             match item {
@@ -343,7 +372,7 @@ impl Worker {
                 let answer = {
                     let mut shutdown = self.shutdown.clone();
                     tokio::select! {
-                        a = self.upstream.post_bundle(body.to_vec(), &corr) => a,
+                        a = self.upstream.post_bundle(body.clone(), &corr) => a,
                         // The request may or may not land: either way the envelopes stay
                         // stored and go again after the restart (idempotent).
                         _ = shutdown.cancelled() => return Err(Stopped),
@@ -433,17 +462,28 @@ impl Worker {
     async fn delivered(&mut self, items: &[Prepared], corr: &str) -> Result<(), Stopped> {
         let tenant = self.tenant().to_owned();
         let ids: Vec<u64> = items.iter().map(|p| p.id).collect();
-        loop {
-            match self.queue.ack(&tenant, ids.clone()).await {
-                Ok(()) => break,
-                Err(e) => {
+        let (queue, shutdown, t, c) = (
+            self.queue.clone(),
+            self.shutdown.clone(),
+            tenant.clone(),
+            corr.to_owned(),
+        );
+        self.acks.push(tokio::spawn(async move {
+            loop {
+                match queue.ack(&t, ids.clone()).await {
+                    Ok(()) => return,
                     // Delivered but not yet deleted: a restart would send it again, which is
                     // harmless (idempotent). Keep trying so it is not sent twice needlessly.
-                    tracing::error!(tenant = %tenant, correlation_id = %corr, error = %e, "acknowledging delivered messages failed; retrying");
-                    self.sleep(Duration::from_secs(1)).await?;
+                    Err(e) => {
+                        tracing::error!(tenant = %t, correlation_id = %c, error = %e, "acknowledging delivered messages failed; retrying");
+                        if shutdown.is_cancelled() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
-        }
+        }));
         for p in items {
             self.metrics
                 .forwarded
@@ -630,6 +670,9 @@ impl Worker {
     }
 }
 
+/// A converted message with its report, or why it could not be converted.
+type Prepare = Result<(Prepared, convert::Report), Failed>;
+
 /// A message that could not be converted (no values from the message in `reason`).
 struct Failed {
     id: u64,
@@ -639,7 +682,7 @@ struct Failed {
     reason: String,
 }
 
-fn prepare(c: &Conversion, env: Envelope) -> Result<(Prepared, convert::Report), Failed> {
+fn prepare(c: &Conversion, env: Envelope) -> Prepare {
     let fail = |reason: String| Failed {
         id: env.id,
         source: env.source.clone(),

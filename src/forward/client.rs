@@ -117,7 +117,7 @@ impl Upstream {
     }
 
     /// POSTs a transaction Bundle to the base URL.
-    pub async fn post_bundle(&self, body: Vec<u8>, correlation_id: &str) -> Answer {
+    pub async fn post_bundle(&self, body: bytes::Bytes, correlation_id: &str) -> Answer {
         let mut req = self
             .http
             .post(self.config.url.clone())
