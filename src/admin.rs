@@ -47,6 +47,7 @@ pub struct Admin {
     /// Process start.
     pub started: Instant,
     cache: Arc<Mutex<Option<CachedStats>>>,
+    audit: crate::audit::Recorder,
 }
 
 impl Admin {
@@ -64,7 +65,14 @@ impl Admin {
             config,
             started: Instant::now(),
             cache: Arc::new(Mutex::new(None)),
+            audit: crate::audit::Recorder::disabled(),
         }
+    }
+
+    /// Records operator actions in the audit trail.
+    pub fn with_audit(mut self, audit: crate::audit::Recorder) -> Admin {
+        self.audit = audit;
+        self
     }
 
     /// The routes.
@@ -294,6 +302,25 @@ fn operator_log(a: &Admin, action: &str, tenant: &str, ids: &[u64], peer: Socket
         .get_or_create(&Metrics::tenant_and(tenant, "action", action))
         .inc_by(ids.len() as u64);
     tracing::info!(action, tenant, ids = ?ids, peer = %peer, "operator action");
+    let what = if action == "purge" {
+        crate::audit::Action::Purged
+    } else {
+        crate::audit::Action::Replayed
+    };
+    let actor = peer.ip().to_string();
+    for id in ids {
+        a.audit.record(
+            what,
+            crate::audit::ActorKind::Token,
+            crate::audit::Purpose::Operations,
+            crate::audit::Event {
+                tenant: Some(tenant),
+                actor: &actor,
+                envelope_id: Some(*id),
+                ..crate::audit::Event::default()
+            },
+        );
+    }
 }
 
 async fn replay_one(

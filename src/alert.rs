@@ -205,6 +205,7 @@ pub struct Alerter {
     hooks: Vec<(Webhook, reqwest::Client)>,
     metrics: Arc<Metrics>,
     host: String,
+    audit: crate::audit::Recorder,
 }
 
 impl Alerter {
@@ -227,7 +228,14 @@ impl Alerter {
             hooks,
             metrics,
             host,
+            audit: crate::audit::Recorder::disabled(),
         })
+    }
+
+    /// Records every alert in the audit trail.
+    pub fn with_audit(mut self, audit: crate::audit::Recorder) -> Alerter {
+        self.audit = audit;
+        self
     }
 
     /// Logs, counts and POSTs `alert`.
@@ -239,6 +247,17 @@ impl Alerter {
         ];
         self.metrics.alerts.get_or_create(&labels).inc();
         let active = matches!(alert.kind, Kind::UpstreamDown | Kind::UpstreamStillDown);
+        self.audit.record(
+            crate::audit::Action::AlertRaised,
+            crate::audit::ActorKind::System,
+            crate::audit::Purpose::Operations,
+            crate::audit::Event {
+                tenant: Some(&alert.tenant),
+                actor: "caregate",
+                message_type: Some(alert.kind.as_str()),
+                ..crate::audit::Event::default()
+            },
+        );
         self.metrics
             .alert_active
             .get_or_create(&[

@@ -53,6 +53,8 @@ pub struct Running {
     pub board: Arc<Board>,
     /// The operator API state (tests call it directly).
     pub admin_api: Admin,
+    /// The audit trail's recorder.
+    pub audit: crate::audit::Recorder,
     trigger: Trigger,
     tasks: JoinSet<()>,
     names: HashMap<tokio::task::Id, String>,
@@ -111,10 +113,18 @@ pub async fn start_with_queue(
         }
     }
 
+    // The audit trail opens before anything can move data.
+    let trail = crate::audit::Trail::open(&config.audit)
+        .with_context(|| format!("opening the audit trail in {}", config.audit.dir.display()))?;
+    let audit = crate::audit::Recorder::new(trail);
+    queue.set_recorder(audit.clone());
+
     // Upstream clients are built before anything runs: a bad certificate stops the start.
     let board = Arc::new(Board::default());
     let alerter = Arc::new(
-        Alerter::new(&config.alert, metrics.clone()).context("setting up alert webhooks")?,
+        Alerter::new(&config.alert, metrics.clone())
+            .context("setting up alert webhooks")?
+            .with_audit(audit.clone()),
     );
     let mut workers = Vec::new();
     for t in &config.tenants {
@@ -132,7 +142,8 @@ pub async fn start_with_queue(
     }
 
     let config_arc = Arc::new(config.clone());
-    let admin_api = Admin::new(queue.clone(), metrics.clone(), board.clone(), config_arc);
+    let admin_api = Admin::new(queue.clone(), metrics.clone(), board.clone(), config_arc)
+        .with_audit(audit.clone());
     let mut tasks = JoinSet::new();
     let mut names = HashMap::new();
     let (r, m, s) = (ready.clone(), metrics.clone(), trigger.subscribe());
@@ -147,18 +158,45 @@ pub async fn start_with_queue(
     let mut heartbeats = Vec::new();
     for (tenant, upstream, conversion) in workers {
         let request_timeout = upstream.config().timeout;
-        let w = Worker::new(
-            upstream,
-            queue.clone(),
-            metrics.clone(),
-            board.clone(),
-            alerter.clone(),
-            conversion,
-            trigger.subscribe(),
-        );
+        let services = pipeline::Services {
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            board: board.clone(),
+            alerter: alerter.clone(),
+            audit: audit.clone(),
+        };
+        let w = Worker::new(upstream, services, conversion, trigger.subscribe());
         heartbeats.push((tenant.clone(), w.heartbeat(), request_timeout));
         let h = tasks.spawn(w.run());
         names.insert(h.id(), format!("forwarding for tenant {tenant}"));
+    }
+    {
+        // Periodic checkpoints (an idle tail gets signed) and daily compression/retention.
+        let (audit, mut shutdown) = (audit.clone(), trigger.subscribe());
+        let h = tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(300));
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let Some(trail) = audit.trail().cloned() else {
+                    return;
+                };
+                drop(trail.checkpoint());
+                if n % 288 == 0 {
+                    let r =
+                        tokio::task::spawn_blocking(move || trail.maintain(jiff::Timestamp::now()))
+                            .await;
+                    if let Ok(Err(e)) = r {
+                        tracing::error!(error = %e, "audit trail maintenance failed");
+                    }
+                }
+                n += 1;
+            }
+        });
+        names.insert(h.id(), "audit maintenance".to_owned());
     }
     if let Some(interval) = crate::systemd::watchdog_interval() {
         let h = tasks.spawn(watchdog(
@@ -189,6 +227,7 @@ pub async fn start_with_queue(
         metrics,
         board,
         admin_api,
+        audit,
         trigger,
         tasks,
         names,
@@ -227,6 +266,8 @@ impl Running {
                 }
             }
         }
+        // After every task: the shutdown checkpoint signs the tail.
+        self.audit.close().await;
         tracing::info!("caregate stopped");
         Vec::new()
     }
@@ -243,6 +284,7 @@ pub async fn run(
     // yet, so a valid change is reported as needing a restart and an invalid one is refused.
     // Either way the running configuration stays and no message is affected.
     let path = config.path.clone();
+    let audit = running.audit.clone();
     let reloads = async move {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -250,14 +292,20 @@ pub async fn run(
         };
         while hup.recv().await.is_some() {
             match Config::load(&path) {
-                Ok(_) => tracing::warn!(
-                    config = %path.display(),
-                    "SIGHUP: the configuration file is valid, but applying changes in place is not built yet: restart caregate to apply them (the running configuration stays)"
-                ),
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "SIGHUP: the configuration file is invalid and was refused; the running configuration stays"
-                ),
+                Ok(_) => {
+                    tracing::warn!(
+                        config = %path.display(),
+                        "SIGHUP: the configuration file is valid, but applying changes in place is not built yet: restart caregate to apply them (the running configuration stays)"
+                    );
+                    reload_audit(&audit, Some("restart-required"));
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "SIGHUP: the configuration file is invalid and was refused; the running configuration stays"
+                    );
+                    reload_audit(&audit, Some("invalid-config"));
+                }
             }
         }
     };
@@ -277,6 +325,19 @@ pub async fn run(
             late.len()
         )
     }
+}
+
+fn reload_audit(audit: &crate::audit::Recorder, failure: Option<&str>) {
+    audit.record(
+        crate::audit::Action::ConfigReloaded,
+        crate::audit::ActorKind::System,
+        crate::audit::Purpose::Operations,
+        crate::audit::Event {
+            actor: "sighup",
+            failure,
+            ..crate::audit::Event::default()
+        },
+    );
 }
 
 /// What conversion needs for one tenant, from the configuration.

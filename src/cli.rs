@@ -104,11 +104,47 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The audit trail: verify its integrity, export a tenant's entries.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Inspect the durable queue.
     Queue {
         /// What to show.
         #[command(subcommand)]
         command: QueueCommand,
+    },
+}
+
+/// `caregate audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain and the signed checkpoints; names file and line of every break.
+    /// Exit 0 intact, 2 not intact, 1 unreadable.
+    Verify {
+        /// Configuration file (for the trail and key locations).
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Public key file (default: `audit-signing.pub` in data_dir).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// One tenant's entries as JSON lines, for an auditor.
+    Export {
+        /// Configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Tenant id (`-` for system-wide entries).
+        #[arg(long)]
+        tenant: String,
+        /// From (RFC 3339 or a date), inclusive.
+        #[arg(long)]
+        since: Option<String>,
+        /// Until (RFC 3339 or a date), exclusive.
+        #[arg(long)]
+        until: Option<String>,
     },
 }
 

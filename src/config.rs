@@ -62,6 +62,8 @@ pub struct Config {
     pub sources: Vec<Source>,
     /// Alert sinks.
     pub alert: crate::alert::Config,
+    /// The audit trail.
+    pub audit: crate::audit::Config,
 }
 
 /// `[admin]`.
@@ -131,6 +133,8 @@ struct RawConfig {
     sources: RawSources,
     #[serde(default)]
     alert: crate::alert::RawConfig,
+    #[serde(default)]
+    audit: crate::audit::RawConfig,
 }
 
 fn default_shutdown_timeout() -> HumanDuration {
@@ -506,14 +510,23 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
             crate::alert::Config::default()
         }
     };
+    let data_dir = if raw.data_dir.is_absolute() {
+        raw.data_dir
+    } else {
+        base.join(raw.data_dir)
+    };
+    let audit = match raw.audit.validate(&data_dir, base) {
+        Ok(a) => a,
+        Err((k, m)) => {
+            problems.push((format!("audit.{k}"), m));
+            crate::audit::Config::new(&data_dir)
+        }
+    };
     Some(Config {
         alert,
+        audit,
         path: path.to_owned(),
-        data_dir: if raw.data_dir.is_absolute() {
-            raw.data_dir
-        } else {
-            base.join(raw.data_dir)
-        },
+        data_dir,
         admin: Admin {
             listen: admin_listen?,
         },

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 
-use caregate::cli::{Cli, Command, LogFormat, QueueCommand};
+use caregate::cli::{AuditCommand, Cli, Command, LogFormat, QueueCommand};
 use caregate::config::{self, Config};
 use caregate::{app, cli, ops, shutdown};
 
@@ -129,6 +129,45 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { config, key },
+        } => {
+            let config = Config::load(&config)?;
+            let key =
+                key.unwrap_or_else(|| config.audit.key_dir.join(caregate::audit::PUBLIC_KEY_FILE));
+            let code = caregate::audit::verify_command(
+                &config.audit.dir,
+                &key,
+                &mut std::io::stdout().lock(),
+            );
+            Ok(ExitCode::from(code))
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    config,
+                    tenant,
+                    since,
+                    until,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            let time = |v: Option<String>, flag: &str| -> anyhow::Result<Option<jiff::Timestamp>> {
+                v.map(|s| {
+                    caregate::audit::parse_time(&s).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+                })
+                .transpose()
+            };
+            let code = caregate::audit::export_command(
+                &config.audit.dir,
+                &tenant,
+                time(since, "--since")?,
+                time(until, "--until")?,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            );
+            Ok(ExitCode::from(code))
         }
         Command::Status { config, json } => {
             let config = Config::load(&config)?;

@@ -73,6 +73,7 @@ pub struct Worker {
     /// Acks (queue deletes, one fsync each) still committing: the next request goes out while
     /// they do. All are awaited before leases are released, so nothing is leased twice.
     acks: Vec<tokio::task::JoinHandle<()>>,
+    audit: crate::audit::Recorder,
 }
 
 /// Seconds since the Unix epoch, for heartbeats.
@@ -84,6 +85,10 @@ pub fn epoch_seconds() -> i64 {
 struct Prepared {
     id: u64,
     source: String,
+    message_type: String,
+    control_id: String,
+    /// `system|value` of the Patient the message is about (hashed in the audit trail).
+    patient: Option<String>,
     entries: Vec<PreparedEntry>,
     bytes: usize,
 }
@@ -112,17 +117,36 @@ fn now_text() -> String {
     jiff::Timestamp::now().to_string()
 }
 
+/// What every tenant's worker shares with the rest of the daemon.
+#[derive(Clone)]
+pub struct Services {
+    /// The queue.
+    pub queue: Queue,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Status board.
+    pub board: Arc<Board>,
+    /// Alert delivery.
+    pub alerter: Arc<Alerter>,
+    /// Audit trail.
+    pub audit: crate::audit::Recorder,
+}
+
 impl Worker {
     /// A worker for one tenant.
     pub fn new(
         upstream: Arc<Upstream>,
-        queue: Queue,
-        metrics: Arc<Metrics>,
-        board: Arc<Board>,
-        alerter: Arc<Alerter>,
+        services: Services,
         conversion: Arc<Conversion>,
         shutdown: Shutdown,
     ) -> Worker {
+        let Services {
+            queue,
+            metrics,
+            board,
+            alerter,
+            audit,
+        } = services;
         let c = upstream.config();
         let breaker = Breaker::new(c.breaker_failures, c.breaker_open_for, c.retry_max);
         let backoff = Backoff::new(c.retry_initial, c.retry_max, retry::seed());
@@ -145,6 +169,7 @@ impl Worker {
             outage,
             heartbeat: Arc::new(std::sync::atomic::AtomicI64::new(epoch_seconds())),
             acks: Vec::new(),
+            audit,
         }
     }
 
@@ -485,6 +510,21 @@ impl Worker {
             }
         }));
         for p in items {
+            self.audit.record(
+                crate::audit::Action::Forwarded,
+                crate::audit::ActorKind::System,
+                crate::audit::Purpose::Treatment,
+                crate::audit::Event {
+                    tenant: Some(&tenant),
+                    actor: "caregate",
+                    message_type: Some(&p.message_type),
+                    control_id: Some(&p.control_id),
+                    envelope_id: Some(p.id),
+                    patient: p.patient.as_deref(),
+                    correlation_id: Some(corr),
+                    failure: None,
+                },
+            );
             self.metrics
                 .forwarded
                 .get_or_create(&[("tenant", tenant.clone()), ("source", p.source.clone())])
@@ -575,6 +615,23 @@ impl Worker {
                 .inc();
             tracing::warn!(tenant = %tenant, error = %error, "circuit breaker opened");
         }
+        let code = if error.starts_with("HTTP ") {
+            format!("http-{}", error.trim_start_matches("HTTP "))
+        } else {
+            error.split(':').next().unwrap_or("transport").to_owned()
+        };
+        self.audit.record(
+            crate::audit::Action::Failed,
+            crate::audit::ActorKind::System,
+            crate::audit::Purpose::Treatment,
+            crate::audit::Event {
+                tenant: Some(&tenant),
+                actor: "caregate",
+                correlation_id: Some(corr),
+                failure: Some(&code),
+                ..crate::audit::Event::default()
+            },
+        );
         let step = self.outage.failure(now, jiff::Timestamp::now());
         let since = self.outage.since().map(|t| t.to_string());
         self.board.upstream(&tenant, |u| {
@@ -716,10 +773,24 @@ fn prepare(c: &Conversion, env: Envelope) -> Prepare {
             json,
         });
     }
+    let patient = converted.bundle.entry.iter().find_map(|e| {
+        if e.resource.type_name() != "Patient" {
+            return None;
+        }
+        let q = e
+            .request
+            .if_none_exist
+            .as_deref()
+            .or_else(|| e.request.url.split_once('?').map(|(_, q)| q))?;
+        q.strip_prefix("identifier=").map(str::to_owned)
+    });
     Ok((
         Prepared {
             id: env.id,
             source: env.source,
+            message_type: env.meta.message_type,
+            control_id: env.meta.control_id,
+            patient,
             entries,
             bytes,
         },
@@ -776,6 +847,9 @@ mod tests {
         Prepared {
             id,
             source: "lab".into(),
+            message_type: "ORU^R01".into(),
+            control_id: format!("C{id}"),
+            patient: None,
             bytes: entries.iter().map(|e| e.json.len()).sum(),
             entries,
         }

@@ -312,6 +312,19 @@ struct Inner {
     /// Bumped after every commit that made envelopes ready (push, unpark): the pipeline waits
     /// on it instead of polling.
     readied: tokio::sync::watch::Sender<u64>,
+    /// Where stored / rejected / dead-lettered are recorded, after their commit.
+    audit: std::sync::OnceLock<crate::audit::Recorder>,
+}
+
+/// An audit note collected inside a transaction, recorded once it committed.
+struct Note {
+    action: crate::audit::Action,
+    tenant: String,
+    source: String,
+    envelope_id: u64,
+    message_type: String,
+    control_id: String,
+    failure: Option<&'static str>,
 }
 
 /// A handle to the queue; cheap to clone.
@@ -401,6 +414,7 @@ impl Queue {
             leased: Mutex::new(HashSet::new()),
             metrics,
             readied: tokio::sync::watch::Sender::new(0),
+            audit: std::sync::OnceLock::new(),
         });
         inner.publish_gauges();
         let writer = inner.clone();
@@ -479,6 +493,12 @@ impl Queue {
         let tenant = tenant.to_owned();
         self.call(|reply| Command::Unpark { tenant, id, reply })
             .await
+    }
+
+    /// Records stored, rejected and dead-lettered envelopes in the audit trail from now on
+    /// (set once, at start).
+    pub fn set_recorder(&self, recorder: crate::audit::Recorder) {
+        let _ = self.inner.audit.set(recorder);
     }
 
     /// Deletes a parked envelope (dead letter or held) for good. A ready envelope is refused
@@ -1061,6 +1081,8 @@ impl Inner {
         let mut totals = self.totals();
         let mut replies = Vec::with_capacity(group.len());
         let mut readied = false;
+        let auditing = self.audit.get().is_some();
+        let mut notes: Vec<Note> = Vec::new();
         {
             let mut envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
             let mut ready = txn.open_table(READY).map_err(storage)?;
@@ -1151,6 +1173,17 @@ impl Inner {
                             totals.messages += 1;
                             totals.bytes += env.payload.len() as u64;
                             readied = true;
+                            if auditing {
+                                notes.push(Note {
+                                    action: crate::audit::Action::Stored,
+                                    tenant: env.tenant.clone(),
+                                    source: env.source.clone(),
+                                    envelope_id: id,
+                                    message_type: env.meta.message_type.clone(),
+                                    control_id: env.meta.control_id.clone(),
+                                    failure: None,
+                                });
+                            }
                             out.push(Pushed {
                                 id,
                                 duplicate: false,
@@ -1183,6 +1216,17 @@ impl Inner {
                             .map_err(storage)?;
                         totals.messages += 1;
                         totals.bytes += bytes;
+                        if auditing {
+                            notes.push(Note {
+                                action: crate::audit::Action::Rejected,
+                                tenant: env.tenant.clone(),
+                                source: env.source.clone(),
+                                envelope_id: id,
+                                message_type: env.meta.message_type.clone(),
+                                control_id: env.meta.control_id.clone(),
+                                failure: Some("malformed"),
+                            });
+                        }
                         replies.push(Pending::Reject(reply, Ok(id)));
                     }
                     Command::Ack { tenant, ids, reply } => {
@@ -1235,6 +1279,23 @@ impl Inner {
                                 parked
                                     .insert((tenant.as_str(), id), v.as_slice())
                                     .map_err(storage)?;
+                                if auditing && state == Parked::DeadLetter {
+                                    notes.push(Note {
+                                        action: crate::audit::Action::DeadLettered,
+                                        tenant: tenant.clone(),
+                                        source: env.source.clone(),
+                                        envelope_id: id,
+                                        message_type: env.meta.message_type.clone(),
+                                        control_id: env.meta.control_id.clone(),
+                                        failure: Some(
+                                            if reason.contains("\"stage\":\"convert\"") {
+                                                "not-converted"
+                                            } else {
+                                                "refused-upstream"
+                                            },
+                                        ),
+                                    });
+                                }
                                 Ok(())
                             }
                         };
@@ -1319,6 +1380,30 @@ impl Inner {
                 self.publish_gauges();
                 if readied {
                     self.readied.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                if let Some(rec) = self.audit.get() {
+                    use crate::audit::{ActorKind, Event, Purpose};
+                    for n in &notes {
+                        let actor = if n.action == crate::audit::Action::DeadLettered {
+                            ("caregate", ActorKind::System)
+                        } else {
+                            (n.source.as_str(), ActorKind::Source)
+                        };
+                        rec.record(
+                            n.action,
+                            actor.1,
+                            Purpose::Treatment,
+                            Event {
+                                tenant: Some(&n.tenant),
+                                actor: actor.0,
+                                message_type: Some(&n.message_type),
+                                control_id: Some(&n.control_id),
+                                envelope_id: Some(n.envelope_id),
+                                failure: n.failure,
+                                ..Event::default()
+                            },
+                        );
+                    }
                 }
                 for r in replies {
                     r.answer();

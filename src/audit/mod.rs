@@ -85,6 +85,7 @@ mod entry;
 mod export;
 mod files;
 mod keys;
+mod recorder;
 mod verify;
 mod writer;
 
@@ -103,6 +104,7 @@ pub use entry::{
 };
 pub use export::{Export, export};
 pub use keys::{PATIENT_KEY_FILE, PUBLIC_KEY_FILE, PublicKey, SIGNING_KEY_FILE};
+pub use recorder::{Event, Recorder};
 pub use verify::{Finding, FindingKind, Loc, Report, verify};
 pub use writer::{Appended, Clock, Counters, MAX_GROUP, Maintenance, Trail, system_clock};
 
