@@ -385,6 +385,6 @@ async fn probe_prints_topic_size_and_visible_control_characters() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("topic=dev/x qos=1"), "{text}");
-    assert!(text.contains("bytes=19"), "{text}");
+    assert!(text.contains("bytes=18"), "{text}");
     assert!(text.contains("MSH|^~\\&|A<CR>PID|1\\x01<LF>"), "{text}");
 }
