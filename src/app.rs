@@ -96,6 +96,7 @@ pub async fn start_with_queue(
     let admin = admin_listener.local_addr().unwrap_or(config.admin.listen);
 
     let mut listeners = Vec::new();
+    let mut mqtt_sources = Vec::new();
     for source in &config.sources {
         match &source.kind {
             SourceKind::Mllp(m) => {
@@ -109,6 +110,17 @@ pub async fn start_with_queue(
                 .await
                 .with_context(|| format!("starting source {}", source.name))?;
                 listeners.push((source.name.clone(), l));
+            }
+            SourceKind::Mqtt(m) => {
+                let s = crate::mqtt::Source::new(
+                    &source.name,
+                    &source.tenant,
+                    m,
+                    queue.clone(),
+                    metrics.clone(),
+                )
+                .with_context(|| format!("starting source {}", source.name))?;
+                mqtt_sources.push((source.name.clone(), s));
             }
         }
     }
@@ -213,13 +225,17 @@ pub async fn start_with_queue(
         let h = tasks.spawn(l.run(trigger.subscribe()));
         names.insert(h.id(), format!("source {name}"));
     }
+    for (name, s) in mqtt_sources {
+        let h = tasks.spawn(s.run(trigger.subscribe()));
+        names.insert(h.id(), format!("source {name}"));
+    }
     ready.set();
     // READY=1 only once the latch is set: queue open, every listener bound, workers started.
     if let Err(e) = crate::systemd::ready() {
         tracing::debug!(error = %e, "sd_notify READY failed");
     }
-    let _ = crate::systemd::status(&format!("running: {} sources", mllp_addrs.len()));
-    tracing::info!(sources = mllp_addrs.len(), admin = %admin, "caregate ready");
+    let _ = crate::systemd::status(&format!("running: {} sources", config.sources.len()));
+    tracing::info!(sources = config.sources.len(), admin = %admin, "caregate ready");
     Ok(Running {
         mllp: mllp_addrs,
         admin,

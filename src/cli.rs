@@ -110,6 +110,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Look at what a device or broker sends, without storing anything (for biomed engineers).
+    Probe {
+        /// What to probe.
+        #[command(subcommand)]
+        command: ProbeCommand,
+    },
     /// Inspect the durable queue.
     Queue {
         /// What to show.
@@ -146,6 +152,175 @@ pub enum AuditCommand {
         #[arg(long)]
         until: Option<String>,
     },
+}
+
+/// `caregate probe ...`.
+#[derive(Debug, Subcommand)]
+pub enum ProbeCommand {
+    /// Subscribe to an MQTT broker and print every publish: topic, QoS, retain, size and the
+    /// payload with control characters made visible. Clean session: leaves no state behind.
+    Mqtt {
+        /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+        broker: String,
+        /// Topic filter (repeatable); default `#`.
+        #[arg(long = "topic", short)]
+        topics: Vec<String>,
+        /// CA bundle for `mqtts://` (default: the system bundle).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// User name.
+        #[arg(long)]
+        username: Option<String>,
+        /// File whose first line is the password.
+        #[arg(long, requires = "username")]
+        password_file: Option<PathBuf>,
+        /// Stop after this many publishes (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this long.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Print at most this many payload bytes per publish.
+        #[arg(long, default_value_t = 4096)]
+        max_bytes: usize,
+    },
+}
+
+/// A payload for a terminal: printable ASCII as is, CR as `<CR>`, LF as `<LF>` (followed by a
+/// line break), HL7/MLLP framing bytes by name, other bytes as `\xNN`.
+pub fn visible(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 16);
+    for &b in bytes {
+        match b {
+            b'\r' => out.push_str("<CR>"),
+            b'\n' => out.push_str("<LF>\n"),
+            b'\t' => out.push_str("<TAB>"),
+            0x0b => out.push_str("<VT>"),
+            0x1c => out.push_str("<FS>"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `caregate probe mqtt`: prints publishes to stdout until `count`, `duration` or Ctrl-C.
+pub async fn probe_mqtt(opts: &ProbeMqtt) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, Transport};
+    let (host, port, tls) =
+        crate::mqtt::parse_broker(&opts.broker).map_err(|m| anyhow::anyhow!("broker: {m}"))?;
+    let id = format!("caregate-probe-{}", std::process::id());
+    let mut o = MqttOptions::new(id, (host, port));
+    o.set_clean_session(true);
+    o.set_keep_alive(30);
+    o.set_max_packet_size(256 << 20, 1 << 20);
+    if let Some(u) = &opts.username {
+        let password = match &opts.password_file {
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            None => String::new(),
+        };
+        o.set_credentials(u.clone(), password);
+    }
+    if tls {
+        let cfg = crate::mllp::tls::client_config(opts.ca.as_deref(), None)?;
+        o.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(cfg),
+        ));
+    }
+    let topics = if opts.topics.is_empty() {
+        vec!["#".to_owned()]
+    } else {
+        opts.topics.clone()
+    };
+    for t in &topics {
+        if !crate::mqtt::valid_filter(t) {
+            anyhow::bail!("--topic: not a valid MQTT topic filter");
+        }
+    }
+    let (client, mut events) = AsyncClient::new(o, 16);
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut seen = 0u64;
+    let mut out = std::io::stdout();
+    loop {
+        let ev = tokio::select! {
+            ev = events.poll() => ev,
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        match ev? {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                let subs = topics
+                    .iter()
+                    .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                client.try_subscribe_many(subs)?;
+                eprintln!(
+                    "connected to {}; subscribed to {}",
+                    opts.broker,
+                    topics.join(", ")
+                );
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                seen += 1;
+                let shown = &p.payload[..p.payload.len().min(opts.max_bytes)];
+                let more = if shown.len() < p.payload.len() {
+                    " [truncated]"
+                } else {
+                    ""
+                };
+                use std::io::Write as _;
+                writeln!(
+                    out,
+                    "--- topic={} qos={} retain={} dup={} bytes={}{more}\n{}",
+                    visible(&p.topic),
+                    p.qos as u8,
+                    p.retain,
+                    p.dup,
+                    p.payload.len(),
+                    visible(shown)
+                )?;
+                out.flush()?;
+                if opts.count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), events.poll()).await;
+    Ok(seen)
+}
+
+/// Options of `caregate probe mqtt`.
+#[derive(Debug, Clone)]
+pub struct ProbeMqtt {
+    /// Broker URL.
+    pub broker: String,
+    /// Filters.
+    pub topics: Vec<String>,
+    /// CA bundle.
+    pub ca: Option<PathBuf>,
+    /// User name.
+    pub username: Option<String>,
+    /// Password file.
+    pub password_file: Option<PathBuf>,
+    /// Stop after this many.
+    pub count: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Payload bytes shown per publish.
+    pub max_bytes: usize,
 }
 
 /// `caregate queue ...`.

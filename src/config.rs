@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::{mllp, queue};
+use crate::{mllp, mqtt, queue};
 
 /// The default configuration file, shipped as `config/caregate.toml` and printed by
 /// `caregate print-config`.
@@ -104,6 +104,8 @@ pub struct Source {
 pub enum SourceKind {
     /// HL7 v2 over MLLP (TCP or TLS).
     Mllp(mllp::Config),
+    /// Subscriptions on an MQTT broker.
+    Mqtt(mqtt::Config),
 }
 
 impl SourceKind {
@@ -111,6 +113,7 @@ impl SourceKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             SourceKind::Mllp(_) => "mllp",
+            SourceKind::Mqtt(_) => "mqtt",
         }
     }
 }
@@ -173,10 +176,11 @@ struct RawTenant {
 #[derive(Debug)]
 enum RawSource {
     Mllp(mllp::RawConfig),
+    Mqtt(mqtt::RawConfig),
 }
 
 /// The source kinds this build knows, as written in `kind = "..."`.
-pub const SOURCE_KINDS: &[&str] = &["mllp"];
+pub const SOURCE_KINDS: &[&str] = &["mllp", "mqtt"];
 
 // `[[source]]` is a tagged union, but serde's internally tagged enums buffer the table and lose
 // the spans that give precise line numbers. So the file is read twice: a first pass collects
@@ -218,6 +222,7 @@ impl<'de> Deserialize<'de> for RawSources {
                     let kind = plan.get(out.len()).map(String::as_str).unwrap_or("mllp");
                     let next = match kind {
                         "mllp" => seq.next_element::<mllp::RawConfig>()?.map(RawSource::Mllp),
+                        "mqtt" => seq.next_element::<mqtt::RawConfig>()?.map(RawSource::Mqtt),
                         other => {
                             return Err(serde::de::Error::unknown_variant(other, SOURCE_KINDS));
                         }
@@ -443,56 +448,68 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
     let mut names = BTreeSet::new();
     let mut listens: BTreeMap<SocketAddr, usize> = BTreeMap::new();
     for (i, s) in raw.sources.0.into_iter().enumerate() {
-        match s {
-            RawSource::Mllp(m) => {
-                let name = m.name.clone();
-                let tenant = m.tenant.clone();
-                let timezone = m.timezone.clone();
-                if !valid_id(&name) {
-                    problems.push((
-                        format!("source[{i}].name"),
-                        "must be 1-64 characters of a-z, 0-9, '-' or '_'".into(),
-                    ));
-                }
-                if !names.insert(name.clone()) {
-                    problems.push((format!("source[{i}].name"), "duplicate source name".into()));
-                }
-                if !tenant_ids.contains(&tenant) {
-                    problems.push((
-                        format!("source[{i}].tenant"),
-                        "names no [[tenant]] id of this file".into(),
-                    ));
-                }
-                if let Some(tz) = &timezone {
-                    if jiff::tz::TimeZone::get(tz).is_err() {
-                        problems.push((
-                            format!("source[{i}].timezone"),
-                            "unknown IANA time zone".into(),
-                        ));
-                    }
-                }
+        let (name, tenant, timezone) = match &s {
+            RawSource::Mllp(m) => (m.name.clone(), m.tenant.clone(), m.timezone.clone()),
+            RawSource::Mqtt(m) => (m.name.clone(), m.tenant.clone(), m.timezone.clone()),
+        };
+        if !valid_id(&name) {
+            problems.push((
+                format!("source[{i}].name"),
+                "must be 1-64 characters of a-z, 0-9, '-' or '_'".into(),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            problems.push((format!("source[{i}].name"), "duplicate source name".into()));
+        }
+        if !tenant_ids.contains(&tenant) {
+            problems.push((
+                format!("source[{i}].tenant"),
+                "names no [[tenant]] id of this file".into(),
+            ));
+        }
+        if let Some(tz) = &timezone {
+            if jiff::tz::TimeZone::get(tz).is_err() {
+                problems.push((
+                    format!("source[{i}].timezone"),
+                    "unknown IANA time zone".into(),
+                ));
+            }
+        }
+        let m = match s {
+            RawSource::Mllp(m) => m,
+            RawSource::Mqtt(m) => {
                 match m.validate(base) {
-                    Ok(cfg) => {
-                        // Port 0 (tests: "any free port") never collides.
-                        if let Some(prev) = (cfg.listen.port() != 0)
-                            .then(|| listens.insert(cfg.listen, i))
-                            .flatten()
-                        {
-                            problems.push((
-                                format!("source[{i}].listen"),
-                                format!("same address as source[{prev}]"),
-                            ));
-                        }
-                        sources.push(Source {
-                            name,
-                            tenant,
-                            timezone,
-                            kind: SourceKind::Mllp(cfg),
-                        });
-                    }
+                    Ok(cfg) => sources.push(Source {
+                        name,
+                        tenant,
+                        timezone,
+                        kind: SourceKind::Mqtt(cfg),
+                    }),
                     Err((k, msg)) => problems.push((format!("source[{i}].{k}"), msg)),
                 }
+                continue;
             }
+        };
+        match m.validate(base) {
+            Ok(cfg) => {
+                // Port 0 (tests: "any free port") never collides.
+                if let Some(prev) = (cfg.listen.port() != 0)
+                    .then(|| listens.insert(cfg.listen, i))
+                    .flatten()
+                {
+                    problems.push((
+                        format!("source[{i}].listen"),
+                        format!("same address as source[{prev}]"),
+                    ));
+                }
+                sources.push(Source {
+                    name,
+                    tenant,
+                    timezone,
+                    kind: SourceKind::Mllp(cfg),
+                });
+            }
+            Err((k, msg)) => problems.push((format!("source[{i}].{k}"), msg)),
         }
     }
     if let Some(a) = admin_listen {
@@ -660,7 +677,9 @@ listen = "127.0.0.1:2575"
         let c = load(MINIMAL).unwrap();
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(c.sources.len(), 1);
-        let SourceKind::Mllp(m) = &c.sources[0].kind;
+        let SourceKind::Mllp(m) = &c.sources[0].kind else {
+            panic!("an mllp source")
+        };
         assert_eq!(m.max_frame, 8 * 1024 * 1024);
     }
 
@@ -745,6 +764,25 @@ listen = "127.0.0.1:2575"
         let e = load(&text).unwrap_err();
         assert_eq!(e.line, Some(11), "{e}");
         assert!(e.key.contains("tls"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_source_validates_and_names_its_keys() {
+        let text = format!(
+            "{MINIMAL}[[source]]\nname = \"icu\"\ntenant = \"north\"\nkind = \"mqtt\"\nbroker = \"mqtt://127.0.0.1:1883\"\ntopics = [{{ filter = \"icu/+/vitals\", qos = 1 }}]\n"
+        );
+        let c = load(&text).unwrap();
+        assert_eq!(c.sources[1].kind.as_str(), "mqtt");
+        let e = load(&text.replace("mqtt://127.0.0.1:1883", "http://x")).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("source[1].broker", Some(14)),
+            "{e}"
+        );
+        let e = load(&format!("{text}bogus = 1\n")).unwrap_err();
+        assert_eq!(e.line, Some(16), "{e}");
+        let e = load(&text.replace("\"lab-lis\"", "\"icu\"")).unwrap_err();
+        assert_eq!(e.key, "source[1].name");
     }
 
     #[test]

@@ -46,10 +46,12 @@
 //! - [`app`]: wiring and lifecycle (start, readiness, ordered shutdown).
 //! - [`config`]: the TOML file, validated before any I/O.
 //! - [`mllp`]: framing codec, listener, client, TLS.
+//! - [`mqtt`]: MQTT subscriber source (manual PUBACK after the commit, persistent session).
 //! - [`hl7`]: zero-copy HL7 v2 parser, escapes, charsets, batches, ACK table.
 //! - [`astm`]: ASTM E1381 link layer (sans-IO) and E1394 record parser for lab analyzers.
 //! - [`queue`]: redb-backed durable queue with group commit; [`envelope`]: what it stores.
-//! - [`convert`] (pure) and [`fhir`]: HL7 v2 → FHIR R4 transaction Bundles.
+//! - [`convert`] (pure) and [`fhir`]: HL7 v2, ASTM and device [`reading`]s → FHIR R4
+//!   transaction Bundles.
 //! - [`pipeline`]: the one consumer of the queue; [`forward`]: upstream config, HTTPS client,
 //!   retry classification, circuit breaker; [`alert`]: outage alerts and webhooks.
 //! - [`health`]: `/livez`, `/readyz`, `/metrics`; [`admin`]: `/status` and queue operations;
@@ -73,6 +75,7 @@ pub mod health;
 pub mod hl7;
 pub mod metrics;
 pub mod mllp;
+pub mod mqtt;
 pub mod ops;
 pub mod pipeline;
 pub mod queue;

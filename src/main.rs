@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 
-use caregate::cli::{AuditCommand, Cli, Command, LogFormat, QueueCommand};
+use caregate::cli::{AuditCommand, Cli, Command, LogFormat, ProbeCommand, QueueCommand};
 use caregate::config::{self, Config};
 use caregate::{app, cli, ops, shutdown};
 
@@ -75,6 +75,33 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::PrintConfig => {
             print!("{}", config::DEFAULT_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Probe {
+            command:
+                ProbeCommand::Mqtt {
+                    broker,
+                    topics,
+                    ca,
+                    username,
+                    password_file,
+                    count,
+                    duration,
+                    max_bytes,
+                },
+        } => {
+            let opts = cli::ProbeMqtt {
+                broker,
+                topics,
+                ca,
+                username,
+                password_file,
+                count,
+                duration,
+                max_bytes,
+            };
+            let seen = runtime()?.block_on(cli::probe_mqtt(&opts))?;
+            eprintln!("{seen} publishes");
             Ok(ExitCode::SUCCESS)
         }
         Command::Send {

@@ -757,9 +757,7 @@ fn prepare(c: &Conversion, env: Envelope) -> Prepare {
     let converted = match env.kind {
         Kind::Hl7 => convert::convert_bytes(&ctx, &env.payload),
         Kind::Astm => convert::convert_astm(&ctx, &env.payload),
-        Kind::Reading => Err(convert::Error::Unsupported {
-            message_type: "device reading".into(),
-        }),
+        Kind::Reading => convert::convert_reading(&ctx, &env.payload),
     }
     .map_err(|e| fail(e.to_string()))?;
     let mut entries = Vec::with_capacity(converted.bundle.entry.len());

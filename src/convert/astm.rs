@@ -265,7 +265,7 @@ fn device_entry(conv: &mut Conv<'_, '_>, mut device: Device, value: &str) -> Str
     let uuid = id::derive(&[conv.ctx.tenant, "Device", &system, value]);
     conv.push_unique(Entry::create_if_none_exist(
         &uuid,
-        Resource::Device(device),
+        Resource::Device(Box::new(device)),
         id::identifier_query(&system, value),
     ))
 }

@@ -45,6 +45,7 @@ mod astm;
 mod oru;
 mod party;
 mod pcd;
+mod reading;
 
 use std::collections::BTreeMap;
 
@@ -239,6 +240,14 @@ pub enum Error {
     /// The bytes are not a parseable ASTM E1394 message.
     #[error("not a valid ASTM E1394 message")]
     Astm(#[from] crate::astm::record::Error),
+    /// A device reading that cannot be converted (names the field, never its value).
+    #[error("device reading: {field}: {reason}")]
+    Reading {
+        /// The Reading field, e.g. `time`.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// A message type caregate does not convert (the caller keeps it as unconverted).
     #[error("message type {message_type} is not converted")]
     Unsupported {
@@ -343,6 +352,17 @@ pub fn convert_bytes(ctx: &Context<'_>, raw: &[u8]) -> Result<Conversion, Error>
     let (text, _) = hl7::charset::decode(raw, hl7::Charset::Latin1)?;
     let message = Message::parse(&text)?;
     to_bundle(ctx, &message)
+}
+
+/// Converts one device [`crate::reading::Reading`] (JSON, as stored for
+/// [`crate::envelope::Kind::Reading`]) to Device, Patient and Observation (see `reading.rs`).
+pub fn convert_reading(ctx: &Context<'_>, raw: &[u8]) -> Result<Conversion, Error> {
+    reading::convert(ctx, raw)
+}
+
+/// Whether a Reading `time` is RFC 3339 with seconds and an offset (what the converter takes).
+pub fn valid_reading_time(text: &str) -> bool {
+    reading::parse_time(text).is_some()
 }
 
 #[cfg(test)]

@@ -783,7 +783,7 @@ pub(crate) fn device_entry(
     };
     let entry = Entry::create_if_none_exist(
         &uuid,
-        Resource::Device(device),
+        Resource::Device(Box::new(device)),
         id::identifier_query(&system, &value),
     );
     Some(conv.push_unique(entry))

@@ -747,6 +747,21 @@ pub struct Device {
     /// Software versions (ASTM H-5 component 3).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub version: Vec<DeviceVersion>,
+    /// Names (a device reading's `device.name`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub device_name: Vec<DeviceName>,
+}
+
+/// Device.deviceName entry.
+#[derive(Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceName {
+    /// The name.
+    pub name: String,
+    /// `udi-label-name`, `user-friendly-name`, `patient-reported-name`, `manufacturer-name`,
+    /// `model-name` or `other`.
+    #[serde(rename = "type")]
+    pub type_: String,
 }
 
 /// Device.version entry.
@@ -816,7 +831,7 @@ pub enum Resource {
     /// Encounter.
     Encounter(Box<Encounter>),
     /// Device.
-    Device(Device),
+    Device(Box<Device>),
     /// Specimen.
     Specimen(Box<Specimen>),
     /// DiagnosticReport.
