@@ -47,7 +47,11 @@
 //! - [`config`]: the TOML file, validated before any I/O.
 //! - [`mllp`]: framing codec, listener, client, TLS.
 //! - [`hl7`]: zero-copy HL7 v2 parser, escapes, charsets, batches, ACK table.
-//! - [`astm`]: ASTM E1381 link layer (sans-IO) and E1394 record parser for lab analyzers.
+//! - [`astm`]: ASTM E1381 link layer (sans-IO), E1394 record parser, and the driver that runs
+//!   the link over a serial port or TCP (`kind = "astm"`, `"astm-tcp"`).
+//! - [`serial`]: serial-line settings, reopen with backoff, port listing (`caregate ports`).
+//! - [`files`]: the folder-polling file source (HL7 files and FHS/BHS batches, done/failed
+//!   with a report per file).
 //! - [`queue`]: redb-backed durable queue with group commit; [`envelope`]: what it stores.
 //! - [`convert`] (pure) and [`fhir`]: HL7 v2 → FHIR R4 transaction Bundles.
 //! - [`pipeline`]: the one consumer of the queue; [`forward`]: upstream config, HTTPS client,
@@ -68,6 +72,7 @@ pub mod config;
 pub mod convert;
 pub mod envelope;
 pub mod fhir;
+pub mod files;
 pub mod forward;
 pub mod health;
 pub mod hl7;
@@ -77,6 +82,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod queue;
 pub mod reading;
+pub mod serial;
 pub mod shutdown;
 pub mod status;
 pub mod systemd;

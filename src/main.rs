@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 
-use caregate::cli::{Cli, Command, LogFormat, QueueCommand};
+use caregate::cli::{Cli, Command, LogFormat, ProbeCommand, QueueCommand};
 use caregate::config::{self, Config};
 use caregate::{app, cli, ops, shutdown};
 
@@ -129,6 +129,38 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Ports => {
+            cli::ports(&mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Probe {
+            command:
+                ProbeCommand::Serial {
+                    port,
+                    baud,
+                    data_bits,
+                    parity,
+                    stop_bits,
+                    seconds,
+                },
+        } => {
+            let line = caregate::serial::RawLine {
+                port,
+                baud: Some(baud),
+                data_bits: Some(data_bits),
+                parity: Some(parity),
+                stop_bits: Some(stop_bits),
+                flow_control: None,
+            }
+            .validate()
+            .map_err(|(k, m)| anyhow::anyhow!("--{}: {m}", k.replace('_', "-")))?;
+            runtime()?.block_on(cli::probe_serial(
+                &line,
+                std::time::Duration::from_secs(seconds),
+                &mut std::io::stdout(),
+            ))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => {
             let config = Config::load(&config)?;
