@@ -20,11 +20,19 @@ use crate::config::{Config, SourceKind};
 use crate::forward::client::Upstream;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
-use crate::mllp;
 use crate::pipeline::{self, Worker};
 use crate::queue::Queue;
 use crate::shutdown::{self, Trigger};
 use crate::status::Board;
+use crate::{astm, files, mllp};
+
+/// A source set up before anything runs (bound, when it listens), waiting to be spawned.
+enum Started {
+    Mllp(mllp::Listener),
+    MllpSerial(mllp::SerialSource),
+    Astm(astm::serial::Source),
+    File(files::Source),
+}
 
 /// Runtime switches that are not part of the pipeline description (CLI flags).
 #[derive(Debug, Clone, Copy)]
@@ -109,7 +117,39 @@ pub async fn start_with_queue(
                 )
                 .await
                 .with_context(|| format!("starting source {}", source.name))?;
-                listeners.push((source.name.clone(), l));
+                listeners.push((source.name.clone(), Started::Mllp(l)));
+            }
+            SourceKind::MllpSerial(m) => {
+                let s = mllp::SerialSource::new(
+                    &source.name,
+                    &source.tenant,
+                    m,
+                    queue.clone(),
+                    metrics.clone(),
+                );
+                listeners.push((source.name.clone(), Started::MllpSerial(s)));
+            }
+            SourceKind::Astm(a) => {
+                let s = astm::serial::Source::bind(
+                    &source.name,
+                    &source.tenant,
+                    a,
+                    queue.clone(),
+                    metrics.clone(),
+                )
+                .await
+                .with_context(|| format!("starting source {}", source.name))?;
+                listeners.push((source.name.clone(), Started::Astm(s)));
+            }
+            SourceKind::File(f) => {
+                let s = files::Source::new(
+                    &source.name,
+                    &source.tenant,
+                    f,
+                    queue.clone(),
+                    metrics.clone(),
+                );
+                listeners.push((source.name.clone(), Started::File(s)));
             }
             SourceKind::Mqtt(m) => {
                 let s = crate::mqtt::Source::new(
@@ -220,9 +260,23 @@ pub async fn start_with_queue(
         names.insert(h.id(), "watchdog".to_owned());
     }
     let mut mllp_addrs = Vec::new();
+    let source_count = listeners.len();
     for (name, l) in listeners {
-        mllp_addrs.push((name.clone(), l.local_addr()));
-        let h = tasks.spawn(l.run(trigger.subscribe()));
+        let sd = trigger.subscribe();
+        let h = match l {
+            Started::Mllp(l) => {
+                mllp_addrs.push((name.clone(), l.local_addr()));
+                tasks.spawn(l.run(sd))
+            }
+            Started::MllpSerial(s) => tasks.spawn(s.run(sd)),
+            Started::Astm(s) => {
+                if let Some(a) = s.local_addr() {
+                    mllp_addrs.push((name.clone(), a));
+                }
+                tasks.spawn(s.run(sd))
+            }
+            Started::File(s) => tasks.spawn(s.run(sd)),
+        };
         names.insert(h.id(), format!("source {name}"));
     }
     for (name, s) in mqtt_sources {
@@ -234,8 +288,8 @@ pub async fn start_with_queue(
     if let Err(e) = crate::systemd::ready() {
         tracing::debug!(error = %e, "sd_notify READY failed");
     }
-    let _ = crate::systemd::status(&format!("running: {} sources", config.sources.len()));
-    tracing::info!(sources = config.sources.len(), admin = %admin, "caregate ready");
+    let _ = crate::systemd::status(&format!("running: {source_count} sources"));
+    tracing::info!(sources = source_count, admin = %admin, "caregate ready");
     Ok(Running {
         mllp: mllp_addrs,
         admin,
@@ -252,7 +306,7 @@ pub async fn start_with_queue(
 }
 
 impl Running {
-    /// The address of the named MLLP source.
+    /// The bound address of the named MLLP or `astm-tcp` (`listen`) source.
     pub fn mllp_addr(&self, source: &str) -> Option<SocketAddr> {
         self.mllp.iter().find(|(n, _)| n == source).map(|(_, a)| *a)
     }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config;
@@ -110,6 +111,8 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// List serial ports, with their stable /dev/serial/by-id names (use those in the config).
+    Ports,
     /// Look at what a device or broker sends, without storing anything (for biomed engineers).
     Probe {
         /// What to probe.
@@ -157,6 +160,26 @@ pub enum AuditCommand {
 /// `caregate probe ...`.
 #[derive(Debug, Subcommand)]
 pub enum ProbeCommand {
+    /// Open a serial port read-only in spirit (nothing is sent) and print what arrives.
+    Serial {
+        /// Device, e.g. /dev/serial/by-id/usb-FTDI_...-if00-port0.
+        port: PathBuf,
+        /// Bits per second.
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+        /// Data bits (5-8).
+        #[arg(long, default_value_t = 8)]
+        data_bits: u8,
+        /// none, even or odd.
+        #[arg(long, default_value = "none")]
+        parity: String,
+        /// Stop bits (1 or 2).
+        #[arg(long, default_value_t = 1)]
+        stop_bits: u8,
+        /// How long to listen, in seconds.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Subscribe to an MQTT broker and print every publish: topic, QoS, retain, size and the
     /// payload with control characters made visible. Clean session: leaves no state behind.
     Mqtt {
@@ -487,4 +510,65 @@ pub fn normalise_segments(m: &[u8]) -> Vec<u8> {
         out.push(b'\r');
     }
     out
+}
+
+/// `caregate ports`: one line per port, by-id names indented below it.
+pub fn ports(out: &mut impl std::io::Write) -> anyhow::Result<usize> {
+    let ports = crate::serial::ports();
+    if ports.is_empty() {
+        writeln!(out, "no serial ports found")?;
+    }
+    for p in &ports {
+        writeln!(out, "{}\t{}", p.path, p.description)?;
+        for l in &p.by_id {
+            writeln!(out, "\tby-id: {}", l.display())?;
+        }
+    }
+    Ok(ports.len())
+}
+
+/// `caregate probe serial`: prints what arrives on the line for `duration`, control characters
+/// made visible, and returns the number of bytes seen. Nothing is written to the line.
+pub async fn probe_serial(
+    line: &crate::serial::Line,
+    duration: Duration,
+    out: &mut (impl std::io::Write + Send),
+) -> anyhow::Result<u64> {
+    use tokio::io::AsyncReadExt as _;
+    let mut port = line
+        .open()
+        .with_context(|| format!("opening {}", line.port.display()))?;
+    writeln!(
+        out,
+        "listening on {} at {} baud for {}s (nothing is sent)",
+        line.port.display(),
+        line.baud,
+        duration.as_secs()
+    )?;
+    out.flush()?;
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut buf = vec![0u8; 4096];
+    let mut total = 0u64;
+    loop {
+        match tokio::time::timeout_at(deadline, port.read(&mut buf)).await {
+            Err(_) => break,
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                total += n as u64;
+                write!(
+                    out,
+                    "{}",
+                    crate::serial::visible(buf.get(..n).unwrap_or_default())
+                )?;
+                out.flush()?;
+            }
+            Ok(Err(e)) => {
+                writeln!(out)?;
+                return Err(anyhow::Error::new(e).context("reading the port"));
+            }
+        }
+    }
+    writeln!(out)?;
+    writeln!(out, "{total} bytes")?;
+    Ok(total)
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::{mllp, mqtt, queue};
+use crate::{astm, files, mllp, mqtt, queue};
 
 /// The default configuration file, shipped as `config/caregate.toml` and printed by
 /// `caregate print-config`.
@@ -104,6 +104,12 @@ pub struct Source {
 pub enum SourceKind {
     /// HL7 v2 over MLLP (TCP or TLS).
     Mllp(mllp::Config),
+    /// HL7 v2 over MLLP on a serial line (`kind = "mllp-serial"`).
+    MllpSerial(mllp::SerialConfig),
+    /// ASTM E1381/E1394 from an analyzer: serial (`kind = "astm"`) or TCP (`kind = "astm-tcp"`).
+    Astm(astm::Config),
+    /// HL7 v2 files dropped in a folder (`kind = "file"`).
+    File(files::Config),
     /// Subscriptions on an MQTT broker.
     Mqtt(mqtt::Config),
 }
@@ -113,6 +119,9 @@ impl SourceKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             SourceKind::Mllp(_) => "mllp",
+            SourceKind::MllpSerial(_) => "mllp-serial",
+            SourceKind::Astm(a) => a.kind(),
+            SourceKind::File(_) => "file",
             SourceKind::Mqtt(_) => "mqtt",
         }
     }
@@ -176,11 +185,30 @@ struct RawTenant {
 #[derive(Debug)]
 enum RawSource {
     Mllp(mllp::RawConfig),
+    MllpSerial(mllp::RawSerialConfig),
+    AstmSerial(astm::RawSerialConfig),
+    AstmTcp(astm::RawTcpConfig),
+    File(files::RawConfig),
     Mqtt(mqtt::RawConfig),
 }
 
+impl RawSource {
+    /// (name, tenant, timezone), common to every kind.
+    fn common(&self) -> (String, String, Option<String>) {
+        let (n, t, z) = match self {
+            RawSource::Mllp(c) => (&c.name, &c.tenant, &c.timezone),
+            RawSource::MllpSerial(c) => (&c.name, &c.tenant, &c.timezone),
+            RawSource::AstmSerial(c) => (&c.name, &c.tenant, &c.timezone),
+            RawSource::AstmTcp(c) => (&c.name, &c.tenant, &c.timezone),
+            RawSource::File(c) => (&c.name, &c.tenant, &c.timezone),
+            RawSource::Mqtt(c) => (&c.name, &c.tenant, &c.timezone),
+        };
+        (n.clone(), t.clone(), z.clone())
+    }
+}
+
 /// The source kinds this build knows, as written in `kind = "..."`.
-pub const SOURCE_KINDS: &[&str] = &["mllp", "mqtt"];
+pub const SOURCE_KINDS: &[&str] = &["mllp", "mllp-serial", "astm", "astm-tcp", "file", "mqtt"];
 
 // `[[source]]` is a tagged union, but serde's internally tagged enums buffer the table and lose
 // the spans that give precise line numbers. So the file is read twice: a first pass collects
@@ -222,6 +250,16 @@ impl<'de> Deserialize<'de> for RawSources {
                     let kind = plan.get(out.len()).map(String::as_str).unwrap_or("mllp");
                     let next = match kind {
                         "mllp" => seq.next_element::<mllp::RawConfig>()?.map(RawSource::Mllp),
+                        "mllp-serial" => seq
+                            .next_element::<mllp::RawSerialConfig>()?
+                            .map(RawSource::MllpSerial),
+                        "astm" => seq
+                            .next_element::<astm::RawSerialConfig>()?
+                            .map(RawSource::AstmSerial),
+                        "astm-tcp" => seq
+                            .next_element::<astm::RawTcpConfig>()?
+                            .map(RawSource::AstmTcp),
+                        "file" => seq.next_element::<files::RawConfig>()?.map(RawSource::File),
                         "mqtt" => seq.next_element::<mqtt::RawConfig>()?.map(RawSource::Mqtt),
                         other => {
                             return Err(serde::de::Error::unknown_variant(other, SOURCE_KINDS));
@@ -447,11 +485,10 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
     let mut sources = Vec::new();
     let mut names = BTreeSet::new();
     let mut listens: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+    let mut ports: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    let mut dirs: BTreeMap<PathBuf, usize> = BTreeMap::new();
     for (i, s) in raw.sources.0.into_iter().enumerate() {
-        let (name, tenant, timezone) = match &s {
-            RawSource::Mllp(m) => (m.name.clone(), m.tenant.clone(), m.timezone.clone()),
-            RawSource::Mqtt(m) => (m.name.clone(), m.tenant.clone(), m.timezone.clone()),
-        };
+        let (name, tenant, timezone) = s.common();
         if !valid_id(&name) {
             problems.push((
                 format!("source[{i}].name"),
@@ -475,42 +512,71 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
                 ));
             }
         }
-        let m = match s {
-            RawSource::Mllp(m) => m,
-            RawSource::Mqtt(m) => {
-                match m.validate(base) {
-                    Ok(cfg) => sources.push(Source {
-                        name,
-                        tenant,
-                        timezone,
-                        kind: SourceKind::Mqtt(cfg),
-                    }),
-                    Err((k, msg)) => problems.push((format!("source[{i}].{k}"), msg)),
-                }
+        let tenant_tz = tenants
+            .iter()
+            .find(|t| t.id == tenant)
+            .and_then(|t| t.timezone.clone());
+        let kind = match s {
+            RawSource::Mllp(m) => m.validate(base).map(SourceKind::Mllp),
+            RawSource::MllpSerial(m) => m.validate(base).map(SourceKind::MllpSerial),
+            RawSource::AstmSerial(a) => a.validate().map(SourceKind::Astm),
+            RawSource::AstmTcp(a) => a.validate().map(SourceKind::Astm),
+            RawSource::File(f) => f.validate(base, tenant_tz.as_deref()).map(SourceKind::File),
+            RawSource::Mqtt(m) => m.validate(base).map(SourceKind::Mqtt),
+        };
+        let kind = match kind {
+            Ok(k) => k,
+            Err((k, msg)) => {
+                problems.push((format!("source[{i}].{k}"), msg));
                 continue;
             }
         };
-        match m.validate(base) {
-            Ok(cfg) => {
-                // Port 0 (tests: "any free port") never collides.
-                if let Some(prev) = (cfg.listen.port() != 0)
-                    .then(|| listens.insert(cfg.listen, i))
-                    .flatten()
-                {
-                    problems.push((
-                        format!("source[{i}].listen"),
-                        format!("same address as source[{prev}]"),
-                    ));
-                }
-                sources.push(Source {
-                    name,
-                    tenant,
-                    timezone,
-                    kind: SourceKind::Mllp(cfg),
-                });
-            }
-            Err((k, msg)) => problems.push((format!("source[{i}].{k}"), msg)),
+        let listen = match &kind {
+            SourceKind::Mllp(m) => Some(m.listen),
+            SourceKind::Astm(astm::Config {
+                transport: astm::Transport::Listen(a),
+                ..
+            }) => Some(*a),
+            _ => None,
+        };
+        // Port 0 (tests: "any free port") never collides.
+        if let Some(prev) = listen
+            .filter(|l| l.port() != 0)
+            .and_then(|l| listens.insert(l, i))
+        {
+            problems.push((
+                format!("source[{i}].listen"),
+                format!("same address as source[{prev}]"),
+            ));
         }
+        let port = match &kind {
+            SourceKind::MllpSerial(m) => Some(&m.line.port),
+            SourceKind::Astm(astm::Config {
+                transport: astm::Transport::Serial(l),
+                ..
+            }) => Some(&l.port),
+            _ => None,
+        };
+        if let Some(prev) = port.and_then(|p| ports.insert(p.clone(), i)) {
+            problems.push((
+                format!("source[{i}].port"),
+                format!("same serial port as source[{prev}]"),
+            ));
+        }
+        if let SourceKind::File(f) = &kind {
+            if let Some(prev) = dirs.insert(f.dir.clone(), i) {
+                problems.push((
+                    format!("source[{i}].dir"),
+                    format!("same folder as source[{prev}]"),
+                ));
+            }
+        }
+        sources.push(Source {
+            name,
+            tenant,
+            timezone,
+            kind,
+        });
     }
     if let Some(a) = admin_listen {
         if let Some(i) = listens.get(&a) {

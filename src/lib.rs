@@ -48,7 +48,11 @@
 //! - [`mllp`]: framing codec, listener, client, TLS.
 //! - [`mqtt`]: MQTT subscriber source (manual PUBACK after the commit, persistent session).
 //! - [`hl7`]: zero-copy HL7 v2 parser, escapes, charsets, batches, ACK table.
-//! - [`astm`]: ASTM E1381 link layer (sans-IO) and E1394 record parser for lab analyzers.
+//! - [`astm`]: ASTM E1381 link layer (sans-IO), E1394 record parser, and the driver that runs
+//!   the link over a serial port or TCP (`kind = "astm"`, `"astm-tcp"`).
+//! - [`serial`]: serial-line settings, reopen with backoff, port listing (`caregate ports`).
+//! - [`files`]: the folder-polling file source (HL7 files and FHS/BHS batches, done/failed
+//!   with a report per file).
 //! - [`queue`]: redb-backed durable queue with group commit; [`envelope`]: what it stores.
 //! - [`convert`] (pure) and [`fhir`]: HL7 v2, ASTM and device [`reading`]s → FHIR R4
 //!   transaction Bundles.
@@ -70,6 +74,7 @@ pub mod config;
 pub mod convert;
 pub mod envelope;
 pub mod fhir;
+pub mod files;
 pub mod forward;
 pub mod health;
 pub mod hl7;
@@ -80,6 +85,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod queue;
 pub mod reading;
+pub mod serial;
 pub mod shutdown;
 pub mod status;
 pub mod systemd;

@@ -196,6 +196,38 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::from(code))
         }
+        Command::Ports => {
+            cli::ports(&mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Probe {
+            command:
+                ProbeCommand::Serial {
+                    port,
+                    baud,
+                    data_bits,
+                    parity,
+                    stop_bits,
+                    seconds,
+                },
+        } => {
+            let line = caregate::serial::RawLine {
+                port,
+                baud: Some(baud),
+                data_bits: Some(data_bits),
+                parity: Some(parity),
+                stop_bits: Some(stop_bits),
+                flow_control: None,
+            }
+            .validate()
+            .map_err(|(k, m)| anyhow::anyhow!("--{}: {m}", k.replace('_', "-")))?;
+            runtime()?.block_on(cli::probe_serial(
+                &line,
+                std::time::Duration::from_secs(seconds),
+                &mut std::io::stdout(),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { config, json } => {
             let config = Config::load(&config)?;
             let status = runtime()?.block_on(ops::status(&config))?;

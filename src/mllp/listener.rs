@@ -213,12 +213,13 @@ impl Listener {
             conns.spawn(async move {
                 let gauge = ctx.hot.connections.clone();
                 gauge.inc();
+                let peer = peer.to_string();
                 match tls {
-                    None => serve(stream, &ctx, peer, shutdown).await,
+                    None => serve(stream, &ctx, &peer, shutdown).await,
                     Some(acceptor) => {
                         let hs = tokio::time::timeout(ctx.cfg.frame_timeout, acceptor.accept(stream)).await;
                         match hs {
-                            Ok(Ok(s)) => serve(s, &ctx, peer, shutdown).await,
+                            Ok(Ok(s)) => serve(s, &ctx, &peer, shutdown).await,
                             Ok(Err(e)) => {
                                 ctx.metrics
                                     .connections_closed
@@ -245,6 +246,65 @@ impl Listener {
     }
 }
 
+/// HL7 v2 with MLLP framing over a serial line (`kind = "mllp-serial"`): the same per-frame
+/// handling as a TCP connection (`serve`: codec → check → `queue.push` → ACK after commit), with
+/// the port reopened with backoff when it disappears.
+pub struct SerialSource {
+    ctx: Arc<Ctx>,
+    line: crate::serial::Line,
+}
+
+impl SerialSource {
+    /// A source for this line; the port is opened by `run`, with retries.
+    pub fn new(
+        source: &str,
+        tenant: &str,
+        cfg: &super::SerialConfig,
+        queue: Queue,
+        metrics: Arc<Metrics>,
+    ) -> SerialSource {
+        SerialSource {
+            line: cfg.line.clone(),
+            ctx: Arc::new(Ctx {
+                source: source.to_owned(),
+                tenant: tenant.to_owned(),
+                cfg: cfg.mllp.clone(),
+                queue,
+                hot: HotMetrics::new(&metrics, source),
+                metrics,
+                ack_ids: AckIds::new(),
+            }),
+        }
+    }
+
+    /// Serves the line until shutdown, reopening it whenever it is lost.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let ctx = self.ctx;
+        let label = self.line.label();
+        loop {
+            let Some(port) = crate::serial::open_with_backoff(&self.line, &mut shutdown, |e| {
+                tracing::warn!(source = %ctx.source, port = %label, error = %e, "serial port not available; retrying");
+            })
+            .await
+            else {
+                return;
+            };
+            tracing::info!(source = %ctx.source, port = %label, "serial port open");
+            ctx.hot.connections.inc();
+            serve(port, &ctx, &label, shutdown.clone()).await;
+            ctx.hot.connections.dec();
+            if shutdown.is_cancelled() {
+                return;
+            }
+            tracing::warn!(source = %ctx.source, port = %label, "serial session ended; reopening the port");
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
 fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
     match ip {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
@@ -256,12 +316,12 @@ fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     ctx: &Ctx,
-    peer: SocketAddr,
+    peer: &str,
     mut shutdown: Shutdown,
 ) {
     let mut codec = Codec::new(ctx.cfg.max_frame);
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let peer_s = peer.to_string();
+    let peer_s = peer;
     let closed = |reason: &str| {
         ctx.metrics
             .connections_closed
@@ -273,7 +333,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => {
                     let started = Instant::now();
-                    if let Some(reply) = handle_frame(ctx, &peer_s, frame).await {
+                    if let Some(reply) = handle_frame(ctx, peer_s, frame).await {
                         if stream.write_all(&reply).await.is_err() || stream.flush().await.is_err()
                         {
                             tracing::info!(source = %ctx.source, peer = %peer_s, "peer went away before its ACK was written");

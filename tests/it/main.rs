@@ -7,11 +7,13 @@
 mod support;
 
 mod astm; // ASTM E1381 link (simulated analyzer, faults, virtual clock) + E1394 parse + FHIR goldens; corpus replay
+mod astm_serial; // ASTM over a real pty (astm, mllp-serial, probe) and loopback TCP through the whole gateway
 mod audit; // audit trail: tamper evidence with file/line, crash recovery, rotation/compression/retention, export
 mod convert; // HL7 v2 → FHIR golden Bundles, idempotency, report invariants
 mod convert_conformance; // corpus ORU/ADT → FHIR: converts, validates (Node @medplum), compares with other converters
 mod corpus_mllp; // every corpus message over MLLP: AA for well-formed, never AA otherwise
 mod fhir_server; // converter Bundles against a real FHIR server (Node, medplum in memory, HTTPS): commit, replay, faults, auth
+mod files; // the file source: batch with a malformed message, done/failed, report, re-processing without duplicates
 mod forward; // store-and-forward end to end against the real FHIR server: once each, outages, dead letters, tenants, OAuth2
 mod hl7_corpus; // every corpus HL7 file through the parser
 mod mllp; // MLLP ingest: ACK codes, durability before AA, framing, limits, TLS, shutdown

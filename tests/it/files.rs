@@ -1,0 +1,110 @@
+//! The file source through the whole gateway: an FHS/BHS batch file with one malformed message
+//! in a watched folder; the good messages are stored once, the bad one is in the rejected area
+//! and named by index in the report, the file ends in failed/; processing the same file again
+//! (a restart before the move) stores nothing twice.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use caregate::files::Report;
+
+use crate::support::Gateway;
+
+fn batch_file() -> Vec<u8> {
+    let mut out = b"FHS|^~\\&|LABSYS|MAINLAB\rBHS|^~\\&|LABSYS|MAINLAB\r".to_vec();
+    out.extend(crate::support::oru("F1"));
+    // Index 1: an MSH without its encoding characters is malformed.
+    out.extend(b"MSH|\rPID|1||X\r");
+    out.extend(crate::support::oru("F3"));
+    out.extend(b"BTS|3\rFTS|1\r");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_file_with_one_malformed_message_stores_the_good_ones_once_and_fails_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let text = format!(
+        r#"data_dir = "{data}"
+shutdown_timeout = "5s"
+[admin]
+listen = "127.0.0.1:0"
+[[tenant]]
+id = "north"
+timezone = "America/Chicago"
+[[source]]
+name = "lab-files"
+tenant = "north"
+kind = "file"
+dir = "{inbox}"
+pattern = "*.hl7"
+poll_interval = "100ms"
+"#,
+        data = dir.path().join("data").display(),
+        inbox = inbox.display()
+    );
+    std::fs::write(inbox.join("ignored.txt"), b"not matched").unwrap();
+    let file = batch_file();
+    std::fs::write(inbox.join("batch.hl7"), &file).unwrap();
+    let gw = Gateway::start_text(dir, &text).await;
+
+    let failed = inbox.join("failed/batch.hl7");
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !failed.exists() && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failed.exists(), "the file moved to failed/");
+    assert!(!inbox.join("batch.hl7").exists());
+    assert!(inbox.join("ignored.txt").exists(), "pattern respected");
+    let report: Report =
+        serde_json::from_slice(&std::fs::read(inbox.join("failed/batch.hl7.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            report.messages,
+            report.stored,
+            report.duplicates,
+            report.rejected
+        ),
+        (3, 2, 0, 1)
+    );
+    assert_eq!(report.outcomes[1].index, 1);
+    assert_eq!(report.outcomes[1].outcome, "rejected");
+    assert_eq!(report.outcomes[0].control_id, "F1");
+    assert_eq!(report.outcomes[2].control_id, "F3");
+    let json =
+        String::from_utf8(std::fs::read(inbox.join("failed/batch.hl7.report.json")).unwrap())
+            .unwrap();
+    assert!(
+        !json.contains("DOE") && !json.contains("TEST123"),
+        "no patient data in the report"
+    );
+
+    let stored = gw.queue().scan("north").unwrap();
+    assert_eq!(stored.len(), 2);
+    let rejected = gw.queue().rejected("north").unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert!(rejected[0].1.contains("message 1"), "{}", rejected[0].1);
+
+    // A restart before the move: the same file is processed again.
+    std::fs::write(inbox.join("batch.hl7"), &file).unwrap();
+    let again = inbox.join("failed");
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while inbox.join("batch.hl7").exists() && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!inbox.join("batch.hl7").exists(), "processed again");
+    assert_eq!(
+        std::fs::read_dir(&again).unwrap().count(),
+        4,
+        "two files, two reports"
+    );
+    assert_eq!(
+        gw.queue().scan("north").unwrap().len(),
+        2,
+        "no duplicates stored"
+    );
+    gw.stop().await;
+}
