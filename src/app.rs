@@ -94,8 +94,14 @@ pub async fn start_with_queue(
     let admin = admin_listener.local_addr().unwrap_or(config.admin.listen);
 
     let mut listeners = Vec::new();
+    let mut modbus_sources = Vec::new();
     for source in &config.sources {
         match &source.kind {
+            // Pollers open nothing at start: an absent device is retried with backoff and
+            // must not keep the gateway (and its other sources) from starting.
+            SourceKind::Modbus(m) => {
+                modbus_sources.push((source.name.as_str(), source.tenant.as_str(), m));
+            }
             SourceKind::Mllp(m) => {
                 let l = mllp::Listener::bind(
                     &source.name,
@@ -175,13 +181,18 @@ pub async fn start_with_queue(
         let h = tasks.spawn(l.run(trigger.subscribe()));
         names.insert(h.id(), format!("source {name}"));
     }
+    for bus in crate::modbus::Bus::plan(modbus_sources) {
+        let label = format!("source {}", bus.sources().join(", "));
+        let h = tasks.spawn(bus.run(queue.clone(), metrics.clone(), trigger.subscribe()));
+        names.insert(h.id(), label);
+    }
     ready.set();
     // READY=1 only once the latch is set: queue open, every listener bound, workers started.
     if let Err(e) = crate::systemd::ready() {
         tracing::debug!(error = %e, "sd_notify READY failed");
     }
-    let _ = crate::systemd::status(&format!("running: {} sources", mllp_addrs.len()));
-    tracing::info!(sources = mllp_addrs.len(), admin = %admin, "caregate ready");
+    let _ = crate::systemd::status(&format!("running: {} sources", config.sources.len()));
+    tracing::info!(sources = config.sources.len(), admin = %admin, "caregate ready");
     Ok(Running {
         mllp: mllp_addrs,
         admin,

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::{mllp, queue};
+use crate::{mllp, modbus, queue};
 
 /// The default configuration file, shipped as `config/caregate.toml` and printed by
 /// `caregate print-config`.
@@ -102,6 +102,8 @@ pub struct Source {
 pub enum SourceKind {
     /// HL7 v2 over MLLP (TCP or TLS).
     Mllp(mllp::Config),
+    /// Modbus TCP or RTU register polling.
+    Modbus(modbus::Config),
 }
 
 impl SourceKind {
@@ -109,6 +111,7 @@ impl SourceKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             SourceKind::Mllp(_) => "mllp",
+            SourceKind::Modbus(_) => "modbus",
         }
     }
 }
@@ -169,10 +172,11 @@ struct RawTenant {
 #[derive(Debug)]
 enum RawSource {
     Mllp(mllp::RawConfig),
+    Modbus(modbus::RawConfig),
 }
 
 /// The source kinds this build knows, as written in `kind = "..."`.
-pub const SOURCE_KINDS: &[&str] = &["mllp"];
+pub const SOURCE_KINDS: &[&str] = &["mllp", "modbus"];
 
 // `[[source]]` is a tagged union, but serde's internally tagged enums buffer the table and lose
 // the spans that give precise line numbers. So the file is read twice: a first pass collects
@@ -214,6 +218,9 @@ impl<'de> Deserialize<'de> for RawSources {
                     let kind = plan.get(out.len()).map(String::as_str).unwrap_or("mllp");
                     let next = match kind {
                         "mllp" => seq.next_element::<mllp::RawConfig>()?.map(RawSource::Mllp),
+                        "modbus" => seq
+                            .next_element::<modbus::RawConfig>()?
+                            .map(RawSource::Modbus),
                         other => {
                             return Err(serde::de::Error::unknown_variant(other, SOURCE_KINDS));
                         }
@@ -438,35 +445,50 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
     let mut sources = Vec::new();
     let mut names = BTreeSet::new();
     let mut listens: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+    // Raw index of each validated modbus source, for cross-source error keys.
+    let mut modbus_index = Vec::new();
     for (i, s) in raw.sources.0.into_iter().enumerate() {
+        let (name, tenant, timezone) = match &s {
+            RawSource::Mllp(m) => (m.name.clone(), m.tenant.clone(), m.timezone.clone()),
+            RawSource::Modbus(m) => (m.name.clone(), m.tenant.clone(), m.timezone.clone()),
+        };
+        if !valid_id(&name) {
+            problems.push((
+                format!("source[{i}].name"),
+                "must be 1-64 characters of a-z, 0-9, '-' or '_'".into(),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            problems.push((format!("source[{i}].name"), "duplicate source name".into()));
+        }
+        if !tenant_ids.contains(&tenant) {
+            problems.push((
+                format!("source[{i}].tenant"),
+                "names no [[tenant]] id of this file".into(),
+            ));
+        }
+        if let Some(tz) = &timezone {
+            if jiff::tz::TimeZone::get(tz).is_err() {
+                problems.push((
+                    format!("source[{i}].timezone"),
+                    "unknown IANA time zone".into(),
+                ));
+            }
+        }
         match s {
+            RawSource::Modbus(m) => match m.validate() {
+                Ok(cfg) => {
+                    modbus_index.push(i);
+                    sources.push(Source {
+                        name,
+                        tenant,
+                        timezone,
+                        kind: SourceKind::Modbus(cfg),
+                    });
+                }
+                Err((k, msg)) => problems.push((format!("source[{i}].{k}"), msg)),
+            },
             RawSource::Mllp(m) => {
-                let name = m.name.clone();
-                let tenant = m.tenant.clone();
-                let timezone = m.timezone.clone();
-                if !valid_id(&name) {
-                    problems.push((
-                        format!("source[{i}].name"),
-                        "must be 1-64 characters of a-z, 0-9, '-' or '_'".into(),
-                    ));
-                }
-                if !names.insert(name.clone()) {
-                    problems.push((format!("source[{i}].name"), "duplicate source name".into()));
-                }
-                if !tenant_ids.contains(&tenant) {
-                    problems.push((
-                        format!("source[{i}].tenant"),
-                        "names no [[tenant]] id of this file".into(),
-                    ));
-                }
-                if let Some(tz) = &timezone {
-                    if jiff::tz::TimeZone::get(tz).is_err() {
-                        problems.push((
-                            format!("source[{i}].timezone"),
-                            "unknown IANA time zone".into(),
-                        ));
-                    }
-                }
                 match m.validate(base) {
                     Ok(cfg) => {
                         // Port 0 (tests: "any free port") never collides.
@@ -490,6 +512,16 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
                 }
             }
         }
+    }
+    let modbus_sources: Vec<(usize, &modbus::Config)> = modbus_index
+        .into_iter()
+        .zip(sources.iter().filter_map(|s| match &s.kind {
+            SourceKind::Modbus(m) => Some(m),
+            SourceKind::Mllp(_) => None,
+        }))
+        .collect();
+    if let Some((i, k, msg)) = modbus::check_buses(&modbus_sources) {
+        problems.push((format!("source[{i}].{k}"), msg));
     }
     if let Some(a) = admin_listen {
         if let Some(i) = listens.get(&a) {
@@ -647,7 +679,9 @@ listen = "127.0.0.1:2575"
         let c = load(MINIMAL).unwrap();
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(c.sources.len(), 1);
-        let SourceKind::Mllp(m) = &c.sources[0].kind;
+        let SourceKind::Mllp(m) = &c.sources[0].kind else {
+            panic!("not mllp")
+        };
         assert_eq!(m.max_frame, 8 * 1024 * 1024);
     }
 

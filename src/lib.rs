@@ -47,6 +47,7 @@
 //! - [`config`]: the TOML file, validated before any I/O.
 //! - [`mllp`]: framing codec, listener, client, TLS.
 //! - [`hl7`]: zero-copy HL7 v2 parser, escapes, charsets, batches, ACK table.
+//! - [`modbus`]: Modbus TCP/RTU register polling → device readings (pure decoding apart).
 //! - [`astm`]: ASTM E1381 link layer (sans-IO) and E1394 record parser for lab analyzers.
 //! - [`queue`]: redb-backed durable queue with group commit; [`envelope`]: what it stores.
 //! - [`convert`] (pure) and [`fhir`]: HL7 v2 → FHIR R4 transaction Bundles.
@@ -73,6 +74,7 @@ pub mod health;
 pub mod hl7;
 pub mod metrics;
 pub mod mllp;
+pub mod modbus;
 pub mod ops;
 pub mod pipeline;
 pub mod queue;

@@ -77,6 +77,26 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", config::DEFAULT_TOML);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Probe {
+            command:
+                cli::ProbeCommand::Modbus {
+                    addr,
+                    unit,
+                    registers,
+                    timeout,
+                    baud,
+                    parity,
+                },
+        } => {
+            runtime()?.block_on(cli::probe_modbus(
+                &addr,
+                unit,
+                &registers,
+                timeout,
+                (baud, parity),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send {
             to,
             tls,
