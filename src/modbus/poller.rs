@@ -40,13 +40,13 @@ pub enum Data {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Opening the TCP connection or the serial port failed.
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect")]
     Connect(#[source] io::Error),
     /// No answer within the timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// Transport or framing error.
-    #[error("transport error: {0}")]
+    #[error("transport error")]
     Transport(#[source] tokio_modbus::Error),
 }
 

@@ -15,4 +15,5 @@ mod fhir_server; // converter Bundles against a real FHIR server (Node, medplum 
 mod forward; // store-and-forward end to end against the real FHIR server: once each, outages, dead letters, tenants, OAuth2
 mod hl7_corpus; // every corpus HL7 file through the parser
 mod mllp; // MLLP ingest: ACK codes, durability before AA, framing, limits, TLS, shutdown
+mod modbus; // Modbus TCP/RTU polling against real servers (TCP, pty RTU): decoding, timeouts, deadband, exceptions, probe
 mod process; // the real binary: SIGKILL under load, CLI commands, shipped config files
