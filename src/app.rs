@@ -105,8 +105,14 @@ pub async fn start_with_queue(
 
     let mut listeners = Vec::new();
     let mut mqtt_sources = Vec::new();
+    let mut modbus_sources = Vec::new();
     for source in &config.sources {
         match &source.kind {
+            // Pollers open nothing at start: an absent device is retried with backoff and
+            // must not keep the gateway (and its other sources) from starting.
+            SourceKind::Modbus(m) => {
+                modbus_sources.push((source.name.as_str(), source.tenant.as_str(), m));
+            }
             SourceKind::Mllp(m) => {
                 let l = mllp::Listener::bind(
                     &source.name,
@@ -282,6 +288,11 @@ pub async fn start_with_queue(
     for (name, s) in mqtt_sources {
         let h = tasks.spawn(s.run(trigger.subscribe()));
         names.insert(h.id(), format!("source {name}"));
+    }
+    for bus in crate::modbus::Bus::plan(modbus_sources) {
+        let label = format!("source {}", bus.sources().join(", "));
+        let h = tasks.spawn(bus.run(queue.clone(), metrics.clone(), trigger.subscribe()));
+        names.insert(h.id(), label);
     }
     ready.set();
     // READY=1 only once the latch is set: queue open, every listener bound, workers started.

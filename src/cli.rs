@@ -127,6 +127,35 @@ pub enum Command {
     },
 }
 
+fn parse_parity(s: &str) -> Result<crate::modbus::Parity, String> {
+    match s {
+        "none" => Ok(crate::modbus::Parity::None),
+        "even" => Ok(crate::modbus::Parity::Even),
+        "odd" => Ok(crate::modbus::Parity::Odd),
+        _ => Err("expected none, even or odd".into()),
+    }
+}
+
+/// `caregate probe modbus`: prints one line per point; fails if the device does not answer.
+pub async fn probe_modbus(
+    addr: &str,
+    unit: u8,
+    points: &[crate::modbus::probe::Point],
+    timeout: Duration,
+    serial: (u32, crate::modbus::Parity),
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let transport =
+        crate::modbus::probe::transport(addr, Some(serial)).map_err(anyhow::Error::msg)?;
+    let lines = crate::modbus::probe::run(&transport, unit, points, timeout)
+        .await
+        .with_context(|| format!("probing {addr} unit {unit}"))?;
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 /// `caregate audit ...`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -160,6 +189,26 @@ pub enum AuditCommand {
 /// `caregate probe ...`.
 #[derive(Debug, Subcommand)]
 pub enum ProbeCommand {
+    /// Read Modbus points and print raw words and decoded values.
+    Modbus {
+        /// `HOST:PORT` (Modbus TCP) or a serial device path (RTU).
+        addr: String,
+        /// Unit (slave) id.
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
+        /// `FUNCTION:ADDRESS:TYPE[:WORD_ORDER]`, e.g. `3:100:u16` or `4:0:f32:little`; repeat.
+        #[arg(long = "register", required = true, value_parser = crate::modbus::probe::parse_point)]
+        registers: Vec<crate::modbus::probe::Point>,
+        /// How long to wait for each answer.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// RTU only: baud rate.
+        #[arg(long, default_value_t = 19_200)]
+        baud: u32,
+        /// RTU only: parity (none, even, odd).
+        #[arg(long, default_value = "even", value_parser = parse_parity)]
+        parity: crate::modbus::Parity,
+    },
     /// Open a serial port read-only in spirit (nothing is sent) and print what arrives.
     Serial {
         /// Device, e.g. /dev/serial/by-id/usb-FTDI_...-if00-port0.

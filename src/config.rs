@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::{astm, files, mllp, mqtt, queue};
+use crate::{astm, files, mllp, modbus, mqtt, queue};
 
 /// The default configuration file, shipped as `config/caregate.toml` and printed by
 /// `caregate print-config`.
@@ -112,6 +112,8 @@ pub enum SourceKind {
     File(files::Config),
     /// Subscriptions on an MQTT broker.
     Mqtt(mqtt::Config),
+    /// Modbus TCP or RTU register polling.
+    Modbus(modbus::Config),
 }
 
 impl SourceKind {
@@ -123,6 +125,7 @@ impl SourceKind {
             SourceKind::Astm(a) => a.kind(),
             SourceKind::File(_) => "file",
             SourceKind::Mqtt(_) => "mqtt",
+            SourceKind::Modbus(_) => "modbus",
         }
     }
 }
@@ -190,6 +193,7 @@ enum RawSource {
     AstmTcp(astm::RawTcpConfig),
     File(files::RawConfig),
     Mqtt(mqtt::RawConfig),
+    Modbus(modbus::RawConfig),
 }
 
 impl RawSource {
@@ -202,13 +206,22 @@ impl RawSource {
             RawSource::AstmTcp(c) => (&c.name, &c.tenant, &c.timezone),
             RawSource::File(c) => (&c.name, &c.tenant, &c.timezone),
             RawSource::Mqtt(c) => (&c.name, &c.tenant, &c.timezone),
+            RawSource::Modbus(c) => (&c.name, &c.tenant, &c.timezone),
         };
         (n.clone(), t.clone(), z.clone())
     }
 }
 
 /// The source kinds this build knows, as written in `kind = "..."`.
-pub const SOURCE_KINDS: &[&str] = &["mllp", "mllp-serial", "astm", "astm-tcp", "file", "mqtt"];
+pub const SOURCE_KINDS: &[&str] = &[
+    "mllp",
+    "mllp-serial",
+    "astm",
+    "astm-tcp",
+    "file",
+    "mqtt",
+    "modbus",
+];
 
 // `[[source]]` is a tagged union, but serde's internally tagged enums buffer the table and lose
 // the spans that give precise line numbers. So the file is read twice: a first pass collects
@@ -261,6 +274,9 @@ impl<'de> Deserialize<'de> for RawSources {
                             .map(RawSource::AstmTcp),
                         "file" => seq.next_element::<files::RawConfig>()?.map(RawSource::File),
                         "mqtt" => seq.next_element::<mqtt::RawConfig>()?.map(RawSource::Mqtt),
+                        "modbus" => seq
+                            .next_element::<modbus::RawConfig>()?
+                            .map(RawSource::Modbus),
                         other => {
                             return Err(serde::de::Error::unknown_variant(other, SOURCE_KINDS));
                         }
@@ -487,6 +503,8 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
     let mut listens: BTreeMap<SocketAddr, usize> = BTreeMap::new();
     let mut ports: BTreeMap<PathBuf, usize> = BTreeMap::new();
     let mut dirs: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    // Raw index of each validated modbus source, for cross-source error keys.
+    let mut modbus_index = Vec::new();
     for (i, s) in raw.sources.0.into_iter().enumerate() {
         let (name, tenant, timezone) = s.common();
         if !valid_id(&name) {
@@ -523,6 +541,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
             RawSource::AstmTcp(a) => a.validate().map(SourceKind::Astm),
             RawSource::File(f) => f.validate(base, tenant_tz.as_deref()).map(SourceKind::File),
             RawSource::Mqtt(m) => m.validate(base).map(SourceKind::Mqtt),
+            RawSource::Modbus(m) => m.validate().map(SourceKind::Modbus),
         };
         let kind = match kind {
             Ok(k) => k,
@@ -571,12 +590,26 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
                 ));
             }
         }
+        if matches!(kind, SourceKind::Modbus(_)) {
+            modbus_index.push(i);
+        }
         sources.push(Source {
             name,
             tenant,
             timezone,
             kind,
         });
+    }
+    // Sources sharing an RTU bus must agree on its line settings and use distinct unit ids.
+    let modbus_sources: Vec<(usize, &modbus::Config)> = modbus_index
+        .into_iter()
+        .zip(sources.iter().filter_map(|s| match &s.kind {
+            SourceKind::Modbus(m) => Some(m),
+            _ => None,
+        }))
+        .collect();
+    if let Some((i, k, msg)) = modbus::check_buses(&modbus_sources) {
+        problems.push((format!("source[{i}].{k}"), msg));
     }
     if let Some(a) = admin_listen {
         if let Some(i) = listens.get(&a) {

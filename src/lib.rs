@@ -53,6 +53,7 @@
 //! - [`serial`]: serial-line settings, reopen with backoff, port listing (`caregate ports`).
 //! - [`files`]: the folder-polling file source (HL7 files and FHS/BHS batches, done/failed
 //!   with a report per file).
+//! - [`modbus`]: Modbus TCP/RTU register polling → device readings (pure decoding apart).
 //! - [`queue`]: redb-backed durable queue with group commit; [`envelope`]: what it stores.
 //! - [`convert`] (pure) and [`fhir`]: HL7 v2, ASTM and device [`reading`]s → FHIR R4
 //!   transaction Bundles.
@@ -80,6 +81,7 @@ pub mod health;
 pub mod hl7;
 pub mod metrics;
 pub mod mllp;
+pub mod modbus;
 pub mod mqtt;
 pub mod ops;
 pub mod pipeline;

@@ -104,6 +104,26 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             eprintln!("{seen} publishes");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Probe {
+            command:
+                cli::ProbeCommand::Modbus {
+                    addr,
+                    unit,
+                    registers,
+                    timeout,
+                    baud,
+                    parity,
+                },
+        } => {
+            runtime()?.block_on(cli::probe_modbus(
+                &addr,
+                unit,
+                &registers,
+                timeout,
+                (baud, parity),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send {
             to,
             tls,

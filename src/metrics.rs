@@ -89,6 +89,18 @@ pub struct Metrics {
     pub webhook_failures: Counter,
     /// Operator actions (replay, purge) per tenant and action.
     pub operator_actions: Family<Two, Counter>,
+    /// Modbus poll cycles started, per source.
+    pub modbus_polls: Family<BySource, Counter>,
+    /// Modbus requests that got no answer within the timeout, per source.
+    pub modbus_timeouts: Family<BySource, Counter>,
+    /// Modbus exception responses, per source and exception code.
+    pub modbus_exceptions: Family<BySource2, Counter>,
+    /// Modbus connect/transport failures and failed stores, per source.
+    pub modbus_errors: Family<BySource, Counter>,
+    /// Register values not stored because they were invalid (NaN, ±inf, out of range).
+    pub modbus_invalid_values: Family<BySource, Counter>,
+    /// Modbus readings stored, per source.
+    pub modbus_readings: Family<BySource, Counter>,
 }
 
 impl Metrics {
@@ -121,6 +133,12 @@ impl Metrics {
             alert_active: Family::default(),
             webhook_failures: Counter::default(),
             operator_actions: Family::default(),
+            modbus_polls: Family::default(),
+            modbus_timeouts: Family::default(),
+            modbus_exceptions: Family::default(),
+            modbus_errors: Family::default(),
+            modbus_invalid_values: Family::default(),
+            modbus_readings: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -243,6 +261,36 @@ impl Metrics {
             "operator_actions",
             "operator actions (replay, purge), by action",
             m.operator_actions.clone(),
+        );
+        registry.register(
+            "modbus_polls",
+            "Modbus poll cycles started",
+            m.modbus_polls.clone(),
+        );
+        registry.register(
+            "modbus_timeouts",
+            "Modbus requests with no answer within the timeout",
+            m.modbus_timeouts.clone(),
+        );
+        registry.register(
+            "modbus_exceptions",
+            "Modbus exception responses, by exception code",
+            m.modbus_exceptions.clone(),
+        );
+        registry.register(
+            "modbus_errors",
+            "Modbus connect or transport failures and failed stores",
+            m.modbus_errors.clone(),
+        );
+        registry.register(
+            "modbus_invalid_values",
+            "register values not stored because they were invalid",
+            m.modbus_invalid_values.clone(),
+        );
+        registry.register(
+            "modbus_readings_stored",
+            "Modbus readings stored",
+            m.modbus_readings.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

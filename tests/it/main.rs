@@ -17,5 +17,6 @@ mod files; // the file source: batch with a malformed message, done/failed, repo
 mod forward; // store-and-forward end to end against the real FHIR server: once each, outages, dead letters, tenants, OAuth2
 mod hl7_corpus; // every corpus HL7 file through the parser
 mod mllp; // MLLP ingest: ACK codes, durability before AA, framing, limits, TLS, shutdown
+mod modbus; // Modbus TCP/RTU polling against real servers (TCP, pty RTU): decoding, timeouts, deadband, exceptions, probe
 mod mqtt; // MQTT source against a real mosquitto: stored before PUBACK, once each, rejected kept, broker restart, probe
 mod process; // the real binary: SIGKILL under load, CLI commands, shipped config files
