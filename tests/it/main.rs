@@ -16,3 +16,4 @@ mod forward; // store-and-forward end to end against the real FHIR server: once 
 mod hl7_corpus; // every corpus HL7 file through the parser
 mod mllp; // MLLP ingest: ACK codes, durability before AA, framing, limits, TLS, shutdown
 mod process; // the real binary: SIGKILL under load, CLI commands, shipped config files
+mod status_page; // the status page in headless Chromium against a live gateway; alert rules vs /metrics
