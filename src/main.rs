@@ -40,8 +40,18 @@ fn init_logging(format: LogFormat) {
         match tracing_journald::layer() {
             Ok(layer) => {
                 // No field prefix: `source=` arrives as SOURCE=, so `journalctl SOURCE=lab` works.
+                // Priorities as syslog has them (the crate maps INFO to notice by default), so
+                // `journalctl -p info` hides debug and `-p notice` hides routine info lines.
+                use tracing_journald::{Priority, PriorityMappings};
                 let layer = layer
                     .with_field_prefix(None)
+                    .with_priority_mappings(PriorityMappings {
+                        error: Priority::Error,
+                        warn: Priority::Warning,
+                        info: Priority::Informational,
+                        debug: Priority::Debug,
+                        trace: Priority::Debug,
+                    })
                     .with_syslog_identifier("caregate".to_owned());
                 tracing_subscriber::registry()
                     .with(filter())
