@@ -2,6 +2,7 @@
 //!
 //! | method | path                                   | what                                       |
 //! |--------|----------------------------------------|--------------------------------------------|
+//! | GET    | `/`                                    | the status page: `/status` rendered as HTML (refreshes every 5 s) |
 //! | GET    | `/status`                              | per tenant and source: received, queued, forwarded, dead letters, oldest age, upstream state |
 //! | GET    | `/queue/stats`                         | what `caregate queue stats` prints          |
 //! | GET    | `/queue/dead-letters[?tenant=T]`       | dead letters with their reason (no payload) |
@@ -21,7 +22,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +79,7 @@ impl Admin {
     /// The routes.
     pub fn router(self) -> Router {
         Router::new()
+            .route("/", get(page))
             .route("/status", get(status))
             .route("/queue/stats", get(queue_stats))
             .route("/queue/dead-letters", get(dead_letters))
@@ -145,6 +147,8 @@ impl Admin {
                 .iter()
                 .find(|g| g.tenant == s.tenant && g.source.as_deref() == Some(s.name.as_str()));
             let f = self.board.flow_of(&s.tenant, &s.name);
+            let labels = Metrics::source(&s.name);
+            let last = self.metrics.last_received.get_or_create(&labels).get();
             sources.push(SourceStatus {
                 source: s.name.clone(),
                 tenant: s.tenant.clone(),
@@ -160,6 +164,14 @@ impl Admin {
                 oldest_queued_age_seconds: g.and_then(|g| g.oldest_age_seconds),
                 forwarded: f.forwarded,
                 dead_lettered: f.dead_lettered,
+                open_connections: u64::try_from(
+                    self.metrics.connections.get_or_create(&labels).get(),
+                )
+                .unwrap_or(0),
+                last_received_at: (last > 0)
+                    .then(|| jiff::Timestamp::from_second(last).ok())
+                    .flatten()
+                    .map(|t| t.to_string()),
             });
         }
         Ok(Status {
@@ -214,6 +226,14 @@ impl IntoResponse for ApiError {
 
 async fn status(State(a): State<Admin>) -> Result<Json<Status>, ApiError> {
     a.status().await.map(Json)
+}
+
+async fn page(State(a): State<Admin>) -> Result<Html<String>, ApiError> {
+    let status = a.status().await?;
+    Ok(Html(crate::page::render(
+        &status,
+        &jiff::Timestamp::now().to_string(),
+    )))
 }
 
 async fn queue_stats(State(a): State<Admin>) -> Result<Json<Stats>, ApiError> {

@@ -13,8 +13,9 @@ use crate::config;
 #[derive(Debug, Parser)]
 #[command(name = "caregate", version, about, long_about = None)]
 pub struct Cli {
-    /// Log format on stdout.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Where and how to log: `auto` writes to the journal natively when stderr is connected to
+    /// it (systemd's `JOURNAL_STREAM`), else text lines on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
@@ -24,10 +25,75 @@ pub struct Cli {
 /// Log output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// `journald` when stderr is the journal's stream, else `text`.
+    Auto,
+    /// The journal's native protocol: every field (`source`, `envelope_id`, ...) becomes a journal
+    /// field (`SOURCE=`, `ENVELOPE_ID=`), queryable with `journalctl SOURCE=lab`.
+    Journald,
+    /// Human-readable lines on stderr.
     Text,
-    /// One JSON object per line.
+    /// One JSON object per line on stderr.
     Json,
+}
+
+/// The journal's native socket (systemd.journal-fields(7), sd_journal_print(3)).
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// What the log format choice depends on, read from the process environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogEnv {
+    /// `$JOURNAL_STREAM`: `<device>:<inode>` of the stream systemd connected to stderr/stdout.
+    pub journal_stream: Option<String>,
+    /// `(st_dev, st_ino)` of our stderr.
+    pub stderr: Option<(u64, u64)>,
+    /// Whether [`JOURNAL_SOCKET`] exists.
+    pub journal_socket: bool,
+}
+
+impl LogEnv {
+    /// Reads the environment variable, stats stderr and looks for the socket.
+    pub fn read() -> LogEnv {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let stderr = std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+            .map(|m| (m.dev(), m.ino()));
+        LogEnv {
+            journal_stream: std::env::var("JOURNAL_STREAM").ok(),
+            stderr,
+            journal_socket: std::path::Path::new(JOURNAL_SOCKET).exists(),
+        }
+    }
+
+    /// systemd.exec(5): a service should switch to the native journal protocol only when
+    /// `$JOURNAL_STREAM` names the very stream its stderr is (a child whose stderr was
+    /// redirected inherits the variable but not the stream).
+    pub fn stderr_is_journal(&self) -> bool {
+        let (Some(stream), Some((dev, ino))) = (&self.journal_stream, self.stderr) else {
+            return false;
+        };
+        let Some((d, i)) = stream.split_once(':') else {
+            return false;
+        };
+        d.parse() == Ok(dev) && i.parse() == Ok(ino)
+    }
+}
+
+impl LogFormat {
+    /// The concrete format (never `Auto`): `auto` becomes `journald` when stderr is the journal
+    /// and its socket exists, else `text`; an explicit `journald` without the socket falls back
+    /// to `text` (the caller says so in the log). `text` and `json` stay as asked.
+    pub fn resolve(self, env: &LogEnv) -> LogFormat {
+        match self {
+            LogFormat::Auto if env.journal_socket && env.stderr_is_journal() => LogFormat::Journald,
+            LogFormat::Auto => LogFormat::Text,
+            LogFormat::Journald if !env.journal_socket => LogFormat::Text,
+            other => other,
+        }
+    }
 }
 
 /// Subcommands.
@@ -620,4 +686,56 @@ pub async fn probe_serial(
     writeln!(out)?;
     writeln!(out, "{total} bytes")?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(stream: Option<&str>, stderr: Option<(u64, u64)>, socket: bool) -> LogEnv {
+        LogEnv {
+            journal_stream: stream.map(str::to_owned),
+            stderr,
+            journal_socket: socket,
+        }
+    }
+
+    #[test]
+    fn auto_uses_the_journal_only_when_stderr_is_the_journal_stream() {
+        let under_systemd = env(Some("8:12345"), Some((8, 12345)), true);
+        assert_eq!(LogFormat::Auto.resolve(&under_systemd), LogFormat::Journald);
+        // Inherited variable, stderr redirected elsewhere (e.g. `caregate status 2>file`).
+        let redirected = env(Some("8:12345"), Some((8, 999)), true);
+        assert_eq!(LogFormat::Auto.resolve(&redirected), LogFormat::Text);
+        // A terminal: no variable.
+        assert_eq!(
+            LogFormat::Auto.resolve(&env(None, Some((8, 12345)), true)),
+            LogFormat::Text
+        );
+        // The stream matches but the socket is gone (a container with a log pipe).
+        assert_eq!(
+            LogFormat::Auto.resolve(&env(Some("8:12345"), Some((8, 12345)), false)),
+            LogFormat::Text
+        );
+        // Malformed variable values never match.
+        for bad in ["", "8", "8:", ":12345", "x:y", "8:12345:1"] {
+            assert_eq!(
+                LogFormat::Auto.resolve(&env(Some(bad), Some((8, 12345)), true)),
+                LogFormat::Text,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_formats_are_kept_and_journald_needs_the_socket() {
+        let none = env(None, None, false);
+        assert_eq!(LogFormat::Json.resolve(&none), LogFormat::Json);
+        assert_eq!(LogFormat::Text.resolve(&none), LogFormat::Text);
+        assert_eq!(LogFormat::Journald.resolve(&none), LogFormat::Text);
+        let socket = env(None, None, true);
+        assert_eq!(LogFormat::Journald.resolve(&socket), LogFormat::Journald);
+        let journal = env(Some("1:2"), Some((1, 2)), true);
+        assert_eq!(LogFormat::Json.resolve(&journal), LogFormat::Json);
+    }
 }

@@ -60,7 +60,8 @@
 //! - [`pipeline`]: the one consumer of the queue; [`forward`]: upstream config, HTTPS client,
 //!   retry classification, circuit breaker; [`alert`]: outage alerts and webhooks.
 //! - [`health`]: `/livez`, `/readyz`, `/metrics`; [`admin`]: `/status` and queue operations;
-//!   [`status`]: what status shows; [`ops`]: the CLI side of them; [`metrics`]: every metric.
+//!   [`status`]: what status shows; [`page`]: the HTML status page on `GET /`; [`ops`]: the
+//!   CLI side of them; [`metrics`]: every metric.
 //! - [`audit`]: the append-only audit trail (hash-chained, signed, never patient data).
 //! - [`shutdown`]: shutdown signalling; [`cli`]: the command line.
 //! - [`systemd`]: `READY=1`, `STATUS=`, `STOPPING=1`, `WATCHDOG=1` for the service manager.
@@ -84,6 +85,7 @@ pub mod mllp;
 pub mod modbus;
 pub mod mqtt;
 pub mod ops;
+pub mod page;
 pub mod pipeline;
 pub mod queue;
 pub mod reading;

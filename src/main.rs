@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 
-use caregate::cli::{AuditCommand, Cli, Command, LogFormat, ProbeCommand, QueueCommand};
+use caregate::cli::{AuditCommand, Cli, Command, LogEnv, LogFormat, ProbeCommand, QueueCommand};
 use caregate::config::{self, Config};
 use caregate::{app, cli, ops, shutdown};
 
@@ -29,14 +29,54 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CAREGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::prelude::*;
+    let filter =
+        || EnvFilter::try_from_env("CAREGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let chosen = format.resolve(&LogEnv::read());
+    let mut journal_error = None;
+    if chosen == LogFormat::Journald {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                // No field prefix: `source=` arrives as SOURCE=, so `journalctl SOURCE=lab` works.
+                // Priorities as syslog has them (the crate maps INFO to notice by default), so
+                // `journalctl -p info` hides debug and `-p notice` hides routine info lines.
+                use tracing_journald::{Priority, PriorityMappings};
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_priority_mappings(PriorityMappings {
+                        error: Priority::Error,
+                        warn: Priority::Warning,
+                        info: Priority::Informational,
+                        debug: Priority::Debug,
+                        trace: Priority::Debug,
+                    })
+                    .with_syslog_identifier("caregate".to_owned());
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .init();
+                return;
+            }
+            Err(e) => journal_error = Some(e),
+        }
+    }
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
+    match chosen {
         LogFormat::Json => builder.json().flatten_event(true).init(),
+        _ => builder.init(),
+    }
+    if let Some(e) = journal_error {
+        tracing::warn!(error = %e, "the journal socket refused the first write; logging text to stderr");
+    } else if format == LogFormat::Journald && chosen != LogFormat::Journald {
+        tracing::warn!(
+            socket = cli::JOURNAL_SOCKET,
+            "--log-format journald but the journal socket is missing; logging text to stderr"
+        );
     }
 }
 

@@ -5,6 +5,7 @@
 //! serial, a control id or anything from a message body.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -52,6 +53,8 @@ pub struct Metrics {
     pub connections_closed: Family<BySource2, Counter>,
     /// Open connections per source.
     pub connections: Family<BySource, Gauge>,
+    /// Unix time of the last frame received, per source.
+    pub last_received: Family<BySource, Gauge>,
     /// Receipt of a frame to its ACK written, per source.
     pub ack_seconds: HistogramFamily,
     /// Duration of a queue group commit (including fsync).
@@ -101,6 +104,14 @@ pub struct Metrics {
     pub modbus_invalid_values: Family<BySource, Counter>,
     /// Modbus readings stored, per source.
     pub modbus_readings: Family<BySource, Counter>,
+    /// Process start, Unix seconds (set once).
+    pub process_start_time: Gauge<f64, AtomicU64>,
+    /// Resident set size, bytes (read at scrape time).
+    pub process_resident_memory: Gauge,
+    /// Open file descriptors (counted at scrape time).
+    pub process_open_fds: Gauge,
+    /// Always 1, labelled with the version.
+    pub build_info: Family<[(&'static str, String); 1], Gauge>,
 }
 
 impl Metrics {
@@ -115,6 +126,7 @@ impl Metrics {
             garbage_bytes: Family::default(),
             connections_closed: Family::default(),
             connections: Family::default(),
+            last_received: Family::default(),
             ack_seconds: Family::new_with_constructor(latency_histogram),
             commit_seconds: latency_histogram(),
             commit_failures: Counter::default(),
@@ -139,6 +151,10 @@ impl Metrics {
             modbus_errors: Family::default(),
             modbus_invalid_values: Family::default(),
             modbus_readings: Family::default(),
+            process_start_time: Gauge::default(),
+            process_resident_memory: Gauge::default(),
+            process_open_fds: Gauge::default(),
+            build_info: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -292,11 +308,48 @@ impl Metrics {
             "Modbus readings stored",
             m.modbus_readings.clone(),
         );
+        registry.register(
+            "source_last_received_timestamp_seconds",
+            "Unix time of the last frame received",
+            m.last_received.clone(),
+        );
+        registry.register(
+            "process_start_time_seconds",
+            "start time of the process since the Unix epoch, seconds",
+            m.process_start_time.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "resident memory size, bytes",
+            m.process_resident_memory.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "open file descriptors",
+            m.process_open_fds.clone(),
+        );
+        registry.register(
+            "build_info",
+            "always 1; the version is a label",
+            m.build_info.clone(),
+        );
+        m.process_start_time
+            .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+        m.build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION").to_owned())])
+            .set(1);
         Arc::new(Metrics { registry, ..m })
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition. Process gauges are read from `/proc/self` first, so they
+    /// are as fresh as the scrape (left as they were where `/proc` is missing).
     pub fn render(&self) -> String {
+        if let Some(rss) = resident_memory_bytes() {
+            self.process_resident_memory.set(rss);
+        }
+        if let Some(fds) = open_fds() {
+            self.process_open_fds.set(fds);
+        }
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -325,6 +378,26 @@ impl Metrics {
     }
 }
 
+/// `VmRSS` from `/proc/self/status`, in bytes. `/proc/self/statm` counts pages, and the page
+/// size needs `sysconf` (unsafe FFI, which the crate forbids); `status` reports kB directly.
+fn resident_memory_bytes() -> Option<i64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&text)
+}
+
+fn parse_vm_rss(status: &str) -> Option<i64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut parts = line["VmRSS:".len()..].split_whitespace();
+    let kb: i64 = parts.next()?.parse().ok()?;
+    (parts.next() == Some("kB")).then_some(kb * 1024)
+}
+
+/// Entries of `/proc/self/fd` (the descriptor `read_dir` itself holds is not counted).
+fn open_fds() -> Option<i64> {
+    let n = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    i64::try_from(n).ok().map(|n| (n - 1).max(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +423,42 @@ mod tests {
             text.contains("caregate_queue_commit_seconds_count 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn process_metrics_and_build_info_are_rendered() {
+        let m = Metrics::new();
+        let text = m.render();
+        for name in [
+            "caregate_process_start_time_seconds ",
+            "caregate_process_resident_memory_bytes ",
+            "caregate_process_open_fds ",
+        ] {
+            assert!(text.contains(name), "{name} missing: {text}");
+        }
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!("caregate_build_info{{version=\"{version}\"}} 1")),
+            "{text}"
+        );
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("caregate_process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap();
+        assert!(
+            rss > 1e6,
+            "a running test binary has more than 1 MB resident: {rss}"
+        );
+    }
+
+    #[test]
+    fn vm_rss_is_read_in_kilobytes() {
+        assert_eq!(
+            parse_vm_rss("Name:\tx\nVmRSS:\t   2048 kB\nThreads: 3\n"),
+            Some(2048 * 1024)
+        );
+        assert_eq!(parse_vm_rss("VmRSS: lots\n"), None);
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
     }
 }

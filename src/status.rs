@@ -140,6 +140,13 @@ pub struct SourceStatus {
     pub forwarded: u64,
     /// Dead-lettered since start.
     pub dead_lettered: u64,
+    /// Connections open now (MLLP).
+    #[serde(default)]
+    pub open_connections: u64,
+    /// When the last message arrived (RFC 3339, second precision; `None` before the first
+    /// since start).
+    #[serde(default)]
+    pub last_received_at: Option<String>,
 }
 
 impl std::fmt::Display for Status {

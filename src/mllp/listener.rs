@@ -68,6 +68,7 @@ struct HotMetrics {
     duplicates: prometheus_client::metrics::counter::Counter,
     garbage_bytes: prometheus_client::metrics::counter::Counter,
     connections: prometheus_client::metrics::gauge::Gauge,
+    last_received: prometheus_client::metrics::gauge::Gauge,
     ack_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
@@ -79,6 +80,7 @@ impl HotMetrics {
             duplicates: m.duplicates.get_or_create(&l).clone(),
             garbage_bytes: m.garbage_bytes.get_or_create(&l).clone(),
             connections: m.connections.get_or_create(&l).clone(),
+            last_received: m.last_received.get_or_create(&l).clone(),
             ack_seconds: m.ack_seconds.get_or_create(&l).clone(),
         }
     }
@@ -405,6 +407,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 async fn handle_frame(ctx: &Ctx, peer: &str, frame: Bytes) -> Option<BytesMut> {
     let received_at_us = jiff::Timestamp::now().as_microsecond();
     ctx.hot.received.inc();
+    ctx.hot.last_received.set(received_at_us / 1_000_000);
     let split = batch::split(&frame);
     let (text, out_charset) = if split.messages.len() > 1 {
         handle_batch(ctx, peer, &frame, &split, received_at_us).await

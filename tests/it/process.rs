@@ -616,3 +616,137 @@ async fn under_systemd_ready_watchdog_and_stopping_are_notified_and_sighup_never
     }
     assert!(stopping, "STOPPING=1 on shutdown");
 }
+
+/// Runs the real binary with `--log-format journald` in a private mount namespace where a fresh
+/// tmpfs on /run holds a stand-in journal socket (tracing-journald's socket path is a
+/// constant, so the only way to point it elsewhere is to put something else at that path). The
+/// datagrams must carry the house log fields as journal fields. Needs root and `unshare`;
+/// prints `SKIP:` otherwise.
+#[test]
+fn journald_logging_sends_the_house_fields_as_journal_fields() {
+    let usable = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let python = Command::new("python3").arg("--version").output().is_ok();
+    if !usable || !python {
+        eprintln!("SKIP: journald field test needs unshare -m (root) and python3");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("caregate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nshutdown_timeout = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[tenant]]\nid = \"north\"\n[[source]]\nname = \"lab\"\ntenant = \"north\"\n\
+             kind = \"mllp\"\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let message = dir.path().join("oru.hl7");
+    std::fs::write(&message, oru("JRNL0001")).unwrap();
+    let capture = dir.path().join("journal.bin");
+    let receiver = "import socket,sys\n\
+        s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\n\
+        s.bind('/run/systemd/journal/socket')\n\
+        f=open(sys.argv[1],'ab')\n\
+        while True:\n\
+        \x20   d=s.recv(1<<20)\n\
+        \x20   f.write(d+b'\\n\\x1e\\n'); f.flush()\n";
+    let script = r#"set -e
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/journal
+python3 -c "$RECEIVER" "$CAPTURE" &
+rpid=$!
+for i in $(seq 1 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+CAREGATE_LOG=debug "$BIN" --log-format journald run --config "$CONFIG" 2>"$CAPTURE.stderr" &
+cpid=$!
+for i in $(seq 1 200); do grep -q "caregate ready" "$CAPTURE" 2>/dev/null && break; sleep 0.05; done
+"$BIN" --log-format text send --to "127.0.0.1:$PORT" "$MESSAGE" >/dev/null
+kill -TERM $cpid
+wait $cpid || true
+kill $rpid
+"#;
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env("RECEIVER", receiver)
+        .env("CAPTURE", &capture)
+        .env("BIN", BIN)
+        .env("CONFIG", &config)
+        .env("PORT", port.to_string())
+        .env("MESSAGE", &message)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = std::fs::read_to_string(dir.path().join("journal.bin.stderr")).unwrap_or_default();
+    assert!(
+        stderr.trim().is_empty(),
+        "nothing on stderr when logging to the journal: {stderr}"
+    );
+    let raw = std::fs::read(&capture).unwrap();
+    let records: Vec<HashMap<String, String>> = raw
+        .split(|&b| b == 0x1e)
+        .map(journal_fields)
+        .filter(|r| !r.is_empty())
+        .collect();
+    let find = |message: &str| {
+        records
+            .iter()
+            .find(|r| r.get("MESSAGE").is_some_and(|m| m == message))
+            .unwrap_or_else(|| panic!("no {message:?} record in {records:#?}"))
+    };
+    let ready = find("caregate ready");
+    assert_eq!(ready["SYSLOG_IDENTIFIER"], "caregate");
+    assert_eq!(ready["PRIORITY"], "6", "info");
+    assert_eq!(ready["SOURCES"], "1");
+    let stored = find("stored");
+    assert_eq!(stored["SOURCE"], "lab");
+    assert!(stored["PEER"].starts_with("127.0.0.1:"), "{stored:?}");
+    assert!(stored["ENVELOPE_ID"].parse::<u64>().is_ok(), "{stored:?}");
+    assert_eq!(stored["CONTROL_ID"], "JRNL0001");
+    assert_eq!(stored["PRIORITY"], "7", "debug");
+    let shutdown = find("shutting down");
+    assert!(shutdown.contains_key("SIGNAL"), "{shutdown:?}");
+    // No patient data: the synthetic message's patient name never reaches the journal.
+    assert!(!String::from_utf8_lossy(&raw).contains("DOE"));
+}
+
+/// One datagram of the journal's native protocol (systemd "Native Journal Protocol"):
+/// `KEY=value\n`, or `KEY\n` + 64-bit little-endian length + value + `\n` for values that may
+/// hold newlines. The capture wraps each datagram in `\n` ... `\n` (separator 0x1e).
+fn journal_fields(datagram: &[u8]) -> HashMap<String, String> {
+    let mut rest = datagram.strip_prefix(b"\n").unwrap_or(datagram);
+    let mut fields = HashMap::new();
+    while let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'=') {
+        let key = String::from_utf8_lossy(&rest[..end]).into_owned();
+        if rest[end] == b'=' {
+            let line_end = rest[end..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |p| end + p);
+            fields.insert(
+                key,
+                String::from_utf8_lossy(&rest[end + 1..line_end]).into_owned(),
+            );
+            rest = rest.get(line_end + 1..).unwrap_or_default();
+        } else {
+            let Some(len) = rest.get(end + 1..end + 9) else {
+                break;
+            };
+            let len = u64::from_le_bytes(len.try_into().unwrap()) as usize;
+            let value = &rest[end + 9..end + 9 + len];
+            fields.insert(key, String::from_utf8_lossy(value).into_owned());
+            rest = rest.get(end + 9 + len + 1..).unwrap_or_default();
+        }
+    }
+    fields.retain(|k, _| !k.is_empty());
+    fields
+}
