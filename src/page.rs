@@ -8,7 +8,7 @@
 //!
 //! Why no templating crate: the page is three tables and a list; `format!` plus one escaping
 //! function is less code than a template engine's setup, and nothing can reach the output
-//! without passing through [`html_escape`] because only [`Cell`] values are written into cells.
+//! without passing through [`html_escape`] because only `Cell` values are written into cells.
 //!
 //! Cells carry `data-field` attributes and rows `data-tenant` / `data-source`, so the browser
 //! test (tests/browser/status_page.mjs) finds numbers without depending on layout.

@@ -45,12 +45,33 @@ pub fn tls_config(
         Some(p) => load_certs(p)?,
         None => Vec::new(),
     };
-    let verifier =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())?;
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
+        match rustls_platform_verifier::Verifier::new_with_extra_roots(
+            extra.clone(),
+            provider.clone(),
+        ) {
+            Ok(v) => Arc::new(v),
+            // No system store (a minimal install without ca-certificates): the configured CA
+            // alone is enough for a private upstream.
+            Err(e) if !extra.is_empty() => {
+                tracing::warn!(error = %e, "system trust store unusable; trusting only ca_file");
+                let mut roots = rustls::RootCertStore::empty();
+                for c in extra {
+                    roots.add(c)?;
+                }
+                rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| Error::Http(format!("ca_file: {e}")))?
+            }
+            Err(e) => return Err(e.into()),
+        };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier));
+        .with_custom_certificate_verifier(verifier);
     let mut config = match client_cert {
         Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
         None => builder.with_no_client_auth(),
