@@ -750,3 +750,115 @@ fn journal_fields(datagram: &[u8]) -> HashMap<String, String> {
     fields.retain(|k, _| !k.is_empty());
     fields
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_log_lines_never_carry_the_other_tenants_data() {
+    use crate::support::fhir_server::{FhirServer, Options};
+    let pki = crate::support::pki();
+    let (Some(a), Some(b)) = (
+        FhirServer::start(&pki, Options::default()).await,
+        FhirServer::start(&pki, Options::default()).await,
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mn, ms) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut text = format!(
+        "data_dir = \"{}\"\n[admin]\nlisten = \"{admin}\"\n",
+        dir.path().join("data").display()
+    );
+    for (t, s) in [("north", &a), ("south", &b)] {
+        text.push_str(&format!(
+            "[[tenant]]\nid = \"{t}\"\ntimezone = \"UTC\"\n[tenant.upstream]\nurl = \"{}\"\nca_file = \"{}\"\n",
+            s.base_url(),
+            pki.ca.display()
+        ));
+    }
+    text.push_str(&format!(
+        "[[source]]\nname = \"lab-n\"\ntenant = \"north\"\nkind = \"mllp\"\nlisten = \"{mn}\"\n\
+         [[source]]\nname = \"lab-s\"\ntenant = \"south\"\nkind = \"mllp\"\nlisten = \"{ms}\"\n"
+    ));
+    let config = dir.path().join("caregate.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("CAREGATE_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    for addr in [&mn, &ms] {
+        let end = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr.as_str()).is_err() {
+            assert!(Instant::now() < end, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Same control ids and patient in both tenants; one malformed message each (error paths).
+    for addr in [&mn, &ms] {
+        let mut c = Client::connect(addr, Duration::from_secs(5)).await.unwrap();
+        for i in 0..5 {
+            assert_eq!(
+                code(&c.send(&oru(&format!("SAME-{i}"))).await.unwrap()),
+                "AA"
+            );
+        }
+        let _ = c.send(b"MSH|^~\\&|X\rPID|garbage").await;
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    while a.count("Observation").await < 5 || b.count("Observation").await < 5 {
+        assert!(Instant::now() < end, "not delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut tagged = 0;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let tenant = v["tenant"].as_str().unwrap_or_default();
+        let (other, other_source, other_port) = match tenant {
+            "north" => ("south", "lab-s", b.port()),
+            "south" => ("north", "lab-n", a.port()),
+            _ => continue,
+        };
+        tagged += 1;
+        assert!(
+            !line.contains(other)
+                && !line.contains(other_source)
+                && !line.contains(&format!(":{other_port}")),
+            "a {tenant} log line carries {other}'s data: {line}"
+        );
+        let source = v["source"].as_str().unwrap_or_default();
+        assert!(
+            source.is_empty() || source.ends_with(&tenant[..1]),
+            "{line}"
+        );
+    }
+    assert!(
+        tagged > 4,
+        "too few tenant-tagged log lines to mean anything: {tagged}"
+    );
+    // Requests at each server carry only their tenant's correlation ids.
+    for (s, t) in [(&a, "north"), (&b, "south")] {
+        for r in s.requests().await.iter().filter(|r| r.method == "POST") {
+            assert!(
+                r.request_id
+                    .as_deref()
+                    .unwrap_or_default()
+                    .starts_with(&format!("cg-{t}-"))
+            );
+        }
+    }
+}
