@@ -408,3 +408,106 @@ async fn probe_prints_control_characters_from_a_pty() {
         "{text}"
     );
 }
+
+/// Observation ids caregate derives for an ASTM message of source `analyzer`, tenant `north`.
+fn astm_observation_ids(msg: &[u8]) -> Vec<String> {
+    let zone = jiff::tz::TimeZone::get("America/Chicago").unwrap();
+    let systems = Default::default();
+    let ctx = caregate::convert::Context {
+        tenant: "north",
+        source: "analyzer",
+        timezone: &zone,
+        identifier_systems: &systems,
+        system_base: "urn:caregate",
+    };
+    let Ok(c) = caregate::convert::convert_astm(&ctx, msg) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&c.bundle.to_json()).unwrap();
+    v["entry"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["resource"]["resourceType"] == "Observation")
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn astm_results_over_a_pty_arrive_at_the_fhir_server_as_observations() {
+    use crate::support::fhir_server::{FhirServer, Options};
+    let pki = crate::support::pki();
+    let Some(server) = FhirServer::start(&pki, Options::default()).await else {
+        return;
+    };
+    let (mut master, _slave, path) = pty();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"data_dir = "{data}"
+shutdown_timeout = "5s"
+[admin]
+listen = "127.0.0.1:0"
+[[tenant]]
+id = "north"
+timezone = "America/Chicago"
+[tenant.upstream]
+url = "{url}"
+ca_file = "{ca}"
+retry_initial = "50ms"
+retry_max = "500ms"
+[[source]]
+name = "analyzer"
+tenant = "north"
+kind = "astm"
+port = "{path}"
+baud = 9600
+receive_timeout = "2s"
+"#,
+        data = dir.path().join("data").display(),
+        url = server.base_url(),
+        ca = pki.ca.display(),
+    );
+    let gw = Gateway::start_text(dir, &text).await;
+    let mut messages = fixture_messages();
+    messages.extend(corpus_messages(20));
+    let delivered = analyzer(&mut master, &messages, true, Duration::from_secs(60)).await;
+    assert_eq!(delivered, messages.len());
+    let mut want: Vec<String> = messages
+        .iter()
+        .flat_map(|m| astm_observation_ids(m))
+        .collect();
+    want.sort();
+    want.dedup();
+    assert!(!want.is_empty());
+    let end = Instant::now() + Duration::from_secs(60);
+    while server.count("Observation").await < want.len() as u64 {
+        assert!(Instant::now() < end, "ASTM results not at the FHIR server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        server.count("Observation").await,
+        want.len() as u64,
+        "one per result"
+    );
+    for chunk in want.chunks(40) {
+        let found = server
+            .search(
+                "Observation",
+                &format!("_id={}&_summary=count", chunk.join(",")),
+            )
+            .await;
+        assert_eq!(found["total"], chunk.len());
+    }
+    assert!(
+        server.count("Device").await >= 1,
+        "the instrument as a Device"
+    );
+    eprintln!(
+        "astm to FHIR: {} messages over a pty, {} Observations at the server",
+        messages.len(),
+        want.len()
+    );
+    gw.stop().await;
+}
