@@ -108,3 +108,61 @@ poll_interval = "100ms"
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_good_messages_of_a_partly_bad_batch_file_reach_the_fhir_server_once() {
+    use crate::support::fhir_server::{FhirServer, Options};
+    let pki = crate::support::pki();
+    let Some(server) = FhirServer::start(&pki, Options::default()).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let text = format!(
+        r#"data_dir = "{data}"
+shutdown_timeout = "5s"
+[admin]
+listen = "127.0.0.1:0"
+[[tenant]]
+id = "north"
+timezone = "America/Chicago"
+[tenant.upstream]
+url = "{url}"
+ca_file = "{ca}"
+[[source]]
+name = "lab-files"
+tenant = "north"
+kind = "file"
+dir = "{inbox}"
+pattern = "*.hl7"
+poll_interval = "100ms"
+"#,
+        data = dir.path().join("data").display(),
+        inbox = inbox.display(),
+        url = server.base_url(),
+        ca = pki.ca.display(),
+    );
+    std::fs::write(inbox.join("batch.hl7"), batch_file()).unwrap();
+    let gw = Gateway::start_text(dir, &text).await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server.count("Observation").await < 2 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The same file dropped again (a restart before the move): nothing new at the server.
+    std::fs::write(inbox.join("again.hl7"), batch_file()).unwrap();
+    let again = inbox.join("failed/again.hl7");
+    while !again.exists() && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.exists());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.count("Observation").await, 2, "F1 and F3, once each");
+    assert_eq!(server.count("DiagnosticReport").await, 2);
+    assert_eq!(
+        gw.queue().rejected("north").unwrap().len(),
+        2,
+        "the malformed one, each time"
+    );
+    gw.stop().await;
+}
