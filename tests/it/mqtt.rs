@@ -388,3 +388,76 @@ async fn probe_prints_topic_size_and_visible_control_characters() {
     assert!(text.contains("bytes=18"), "{text}");
     assert!(text.contains("MSH|^~\\&|A<CR>PID|1\\x01<LF>"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_burst_loses_and_duplicates_nothing_at_the_fhir_server() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let pki = pki();
+    let Some(server) = FhirServer::start(&pki, Options::default()).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("caregate.toml");
+    std::fs::write(
+        &path,
+        config(dir.path(), &broker.url(), "json", Some((&server, &pki.ca))),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_caregate");
+    let start = || {
+        Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut daemon = start();
+    // Let the first run create its persistent session and subscription.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut publisher = Publisher::connect(broker.port).await;
+    const N: u32 = 200;
+    for i in 0..N {
+        if i == N / 2 {
+            // Mid-burst: whatever caregate received but had not committed is not PUBACKed.
+            daemon.kill().unwrap();
+            daemon.wait().unwrap();
+        }
+        let msg = reading(
+            &format!("dev{}", i % 10),
+            "150456",
+            &format!("{}", 90 + i % 10),
+            i / 10,
+        );
+        publisher
+            .publish(&format!("icu/bed{}/vitals", i % 10), &msg)
+            .await;
+    }
+    // The restart gets what the broker kept for the persistent session.
+    let mut daemon = start();
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while server.count("Observation").await < u64::from(N) {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "readings lost: {} of {N}",
+            server.count("Observation").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        server.count("Observation").await,
+        u64::from(N),
+        "nothing twice"
+    );
+    assert_eq!(server.count("Device").await, 10);
+    assert_eq!(server.count("Patient").await, 10);
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status();
+    assert!(daemon.wait().unwrap().success());
+}
