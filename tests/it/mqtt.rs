@@ -415,25 +415,30 @@ async fn sigkill_mid_burst_loses_and_duplicates_nothing_at_the_fhir_server() {
             .spawn()
             .unwrap()
     };
-    let mut daemon = start();
+    let mut first = start();
     // Let the first run create its persistent session and subscription.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut publisher = Publisher::connect(broker.port).await;
     const N: u32 = 200;
-    for i in 0..N {
-        if i == N / 2 {
-            // Mid-burst: whatever caregate received but had not committed is not PUBACKed.
-            daemon.kill().unwrap();
-            daemon.wait().unwrap();
-        }
-        let msg = reading(
+    let msg = |i: u32| {
+        reading(
             &format!("dev{}", i % 10),
             "150456",
             &format!("{}", 90 + i % 10),
             i / 10,
-        );
+        )
+    };
+    for i in 0..N / 2 {
         publisher
-            .publish(&format!("icu/bed{}/vitals", i % 10), &msg)
+            .publish(&format!("icu/bed{}/vitals", i % 10), &msg(i))
+            .await;
+    }
+    // Mid-burst: whatever caregate received but had not committed is not PUBACKed.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    for i in N / 2..N {
+        publisher
+            .publish(&format!("icu/bed{}/vitals", i % 10), &msg(i))
             .await;
     }
     // The restart gets what the broker kept for the persistent session.
