@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this): installs what it needs on a fresh
-# Debian machine, then format check, clippy with warnings as errors, every test, docs.
+# Debian machine, then format check, clippy with warnings as errors, every test, docs, and the
+# Debian package's install test.
 # Usage: scripts/ci.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +21,7 @@ else
   cargo test --locked --no-fail-fast
 fi
 echo "== docs";   RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+# The .deb built, linted and installed into a fresh Debian root; the installed binary run with
+# the shipped config (about 7 minutes on a 2-core machine, most of it the release build).
+echo "== install test"; scripts/install-test.sh
 echo "ci: all green"
