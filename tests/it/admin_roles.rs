@@ -176,6 +176,50 @@ async fn every_endpoint_answers_as_the_role_table_says() {
     assert_eq!(st, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["intact"], true, "{body}");
+
+    // Replay and purge by the org-admin are recorded with the token's name as actor.
+    let park = || async {
+        let id = g.queue().lease("north", 1).unwrap()[0].id;
+        g.queue()
+            .park(
+                "north",
+                id,
+                caregate::queue::Parked::DeadLetter,
+                "{}".into(),
+            )
+            .await
+            .unwrap();
+        id
+    };
+    let id = park().await;
+    let (st, body) = call(&base, M::GET, "/queue/dead-letters", Some(ALICE)).await;
+    assert_eq!(st, 200);
+    assert!(body.contains(&format!("\"id\":{id}")), "{body}");
+    let path = format!("/queue/replay/north/{id}");
+    assert_eq!(call(&base, M::POST, &path, Some(AUDIT)).await.0, 403);
+    assert_eq!(call(&base, M::POST, &path, Some(ALICE)).await.0, 200);
+    let id = park().await;
+    let path = format!("/queue/dead-letters/north/{id}");
+    assert_eq!(call(&base, M::DELETE, &path, Some(ALICE)).await.0, 200);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = call(&base, M::GET, "/audit/export", Some(AUDIT)).await;
+        let ops: Vec<Value> = body
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["action"] == "replayed" || e["action"] == "purged")
+            .collect();
+        if ops.len() == 2 {
+            for e in &ops {
+                assert_eq!(e["actor"]["kind"], "token", "{e}");
+                assert_eq!(e["actor"]["name"], "ops-alice", "{e}");
+                assert!(!e.to_string().contains(ALICE), "never the token");
+            }
+            break;
+        }
+        assert!(Instant::now() < end, "replay and purge entries: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     g.stop().await;
 }
 
