@@ -292,6 +292,10 @@ fn check_config_names_file_key_and_line_and_exits_64() {
         "kind = \"mllp\"",
         "kind = \"mllp\"\nmax_frame = \"8 parsecs\"",
     );
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("max_frame"))
+        .unwrap();
     std::fs::write(&config, text).unwrap();
     let out = Command::new(BIN)
         .args(["check-config", "--config"])
@@ -300,7 +304,10 @@ fn check_config_names_file_key_and_line_and_exits_64() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:10:", config.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:{line}:", config.display())),
+        "{err}"
+    );
     assert!(err.contains("source[0].max_frame"), "{err}");
 }
 
