@@ -9,10 +9,15 @@
 //! | POST   | `/queue/replay/{tenant}/{id}`          | a dead letter back to the ready queue, in its original place |
 //! | POST   | `/queue/replay/{tenant}?all=true`      | every dead letter of the tenant             |
 //! | DELETE | `/queue/dead-letters/{tenant}/{id}`    | purge one dead letter for good              |
+//! | GET    | `/audit/export?tenant=&since=&until=`  | a tenant's audit entries, JSON lines (streamed) |
+//! | GET    | `/audit/verify`                        | the audit trail's integrity report          |
 //!
-//! Every operator action is logged (and counted) with tenant, envelope id and the caller's
-//! address. The listener binds to loopback by default; bearer tokens with roles come with the
-//! compliance work (issue 7) and will guard everything here except the three health routes.
+//! Every route here requires `Authorization: Bearer <token>`; who may call what, for which
+//! tenant, is the table in [`crate::access`] (401 without or with an unknown token, 403 outside
+//! the token's role or tenant, 403 for everything while no `[[admin.token]]` is configured).
+//! Every operator action is logged (and counted) with tenant, envelope id, the token's name
+//! (never the token) and the caller's address, and replay/purge are recorded in the audit
+//! trail with the token name as actor.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,12 +25,14 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 
+use crate::access::{Endpoint, Refused, Role, Scope};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::queue::{Parked, Queue, Stats};
@@ -86,6 +93,8 @@ impl Admin {
             .route("/queue/dead-letters/{tenant}/{id}", delete(purge))
             .route("/queue/replay/{tenant}/{id}", post(replay_one))
             .route("/queue/replay/{tenant}", post(replay_all))
+            .route("/audit/export", get(audit_export))
+            .route("/audit/verify", get(audit_verify))
             .with_state(self)
     }
 
@@ -195,11 +204,65 @@ impl Admin {
     }
 }
 
+/// The authenticated caller: a configured token's name, role and tenant (never the secret).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Token name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its tenant (`None` for system-admin).
+    pub tenant: Option<String>,
+}
+
+impl Caller {
+    /// The scope `endpoint` is allowed in, or 403.
+    fn allow(&self, endpoint: Endpoint<'_>) -> Result<Scope, ApiError> {
+        crate::access::decide(self.role, self.tenant.as_deref(), endpoint).map_err(|m| {
+            tracing::info!(token = %self.name, role = %self.role, endpoint = ?endpoint, "operator request refused");
+            ApiError::new(StatusCode::FORBIDDEN, m)
+        })
+    }
+}
+
+impl FromRequestParts<Admin> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, a: &Admin) -> Result<Caller, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match a
+            .config
+            .admin
+            .tokens
+            .authenticate(crate::access::bearer(header))
+        {
+            Ok(t) => Ok(Caller {
+                name: t.name.clone(),
+                role: t.role,
+                tenant: t.tenant.clone(),
+            }),
+            Err(Refused::Unauthenticated(m)) => {
+                tracing::info!(path = %parts.uri.path(), "operator request without a valid token");
+                Err(ApiError {
+                    challenge: true,
+                    ..ApiError::new(StatusCode::UNAUTHORIZED, m)
+                })
+            }
+            Err(Refused::Forbidden(m)) => Err(ApiError::new(StatusCode::FORBIDDEN, m)),
+        }
+    }
+}
+
 /// An API error: status and a one-line message (never message content).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// 401: add `WWW-Authenticate: Bearer`.
+    challenge: bool,
 }
 
 impl ApiError {
@@ -207,6 +270,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            challenge: false,
         }
     }
     fn internal(message: String) -> ApiError {
@@ -216,16 +280,27 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut r = (
             self.status,
             Json(serde_json::json!({ "error": self.message })),
         )
-            .into_response()
+            .into_response();
+        if self.challenge {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
     }
 }
 
-async fn status(State(a): State<Admin>) -> Result<Json<Status>, ApiError> {
-    a.status().await.map(Json)
+async fn status(State(a): State<Admin>, caller: Caller) -> Result<Json<Status>, ApiError> {
+    let scope = caller.allow(Endpoint::Status)?;
+    let mut s = a.status().await?;
+    s.tenants.retain(|t| scope.sees(&t.tenant));
+    s.sources.retain(|x| scope.sees(&x.tenant));
+    Ok(Json(s))
 }
 
 async fn page(State(a): State<Admin>) -> Result<Html<String>, ApiError> {
@@ -236,7 +311,8 @@ async fn page(State(a): State<Admin>) -> Result<Html<String>, ApiError> {
     )))
 }
 
-async fn queue_stats(State(a): State<Admin>) -> Result<Json<Stats>, ApiError> {
+async fn queue_stats(State(a): State<Admin>, caller: Caller) -> Result<Json<Stats>, ApiError> {
+    caller.allow(Endpoint::QueueStats)?;
     a.forget_stats();
     let s = a.stats().await?;
     Ok(Json(Stats::clone(&s)))
@@ -292,13 +368,18 @@ pub fn list_dead_letters(
 
 async fn dead_letters(
     State(a): State<Admin>,
+    caller: Caller,
     Query(q): Query<TenantQuery>,
 ) -> Result<Json<Vec<DeadLetter>>, ApiError> {
-    if let Some(t) = &q.tenant {
+    let tenant = match caller.allow(Endpoint::DeadLetters(q.tenant.as_deref()))? {
+        Scope::All => q.tenant,
+        Scope::Tenant(t) => Some(t),
+    };
+    if let Some(t) = &tenant {
         a.known_tenant(t)?;
     }
     let queue = a.queue.clone();
-    let list = tokio::task::spawn_blocking(move || list_dead_letters(&queue, q.tenant.as_deref()))
+    let list = tokio::task::spawn_blocking(move || list_dead_letters(&queue, tenant.as_deref()))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -316,18 +397,25 @@ pub struct Done {
     pub ids: Vec<u64>,
 }
 
-fn operator_log(a: &Admin, action: &str, tenant: &str, ids: &[u64], peer: SocketAddr) {
+fn operator_log(
+    a: &Admin,
+    caller: &Caller,
+    action: &str,
+    tenant: &str,
+    ids: &[u64],
+    peer: SocketAddr,
+) {
     a.metrics
         .operator_actions
         .get_or_create(&Metrics::tenant_and(tenant, "action", action))
         .inc_by(ids.len() as u64);
-    tracing::info!(action, tenant, ids = ?ids, peer = %peer, "operator action");
+    tracing::info!(action, tenant, ids = ?ids, token = %caller.name, role = %caller.role, peer = %peer, "operator action");
     let what = if action == "purge" {
         crate::audit::Action::Purged
     } else {
         crate::audit::Action::Replayed
     };
-    let actor = peer.ip().to_string();
+    let actor = caller.name.as_str();
     for id in ids {
         a.audit.record(
             what,
@@ -335,7 +423,7 @@ fn operator_log(a: &Admin, action: &str, tenant: &str, ids: &[u64], peer: Socket
             crate::audit::Purpose::Operations,
             crate::audit::Event {
                 tenant: Some(tenant),
-                actor: &actor,
+                actor,
                 envelope_id: Some(*id),
                 ..crate::audit::Event::default()
             },
@@ -345,9 +433,11 @@ fn operator_log(a: &Admin, action: &str, tenant: &str, ids: &[u64], peer: Socket
 
 async fn replay_one(
     State(a): State<Admin>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((tenant, id)): Path<(String, u64)>,
 ) -> Result<Json<Done>, ApiError> {
+    caller.allow(Endpoint::Replay(&tenant))?;
     a.known_tenant(&tenant)?;
     let is_dead = list_dead_letters(&a.queue, Some(&tenant))
         .map_err(|e| ApiError::internal(e.to_string()))?
@@ -360,7 +450,7 @@ async fn replay_one(
         .unpark(&tenant, id)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    operator_log(&a, "replay", &tenant, &[id], peer);
+    operator_log(&a, &caller, "replay", &tenant, &[id], peer);
     a.forget_stats();
     Ok(Json(Done {
         action: "replay".into(),
@@ -377,10 +467,12 @@ struct AllQuery {
 
 async fn replay_all(
     State(a): State<Admin>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(tenant): Path<String>,
     Query(q): Query<AllQuery>,
 ) -> Result<Json<Done>, ApiError> {
+    caller.allow(Endpoint::Replay(&tenant))?;
     a.known_tenant(&tenant)?;
     if !q.all {
         return Err(ApiError::new(
@@ -399,7 +491,7 @@ async fn replay_all(
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
     }
-    operator_log(&a, "replay", &tenant, &ids, peer);
+    operator_log(&a, &caller, "replay", &tenant, &ids, peer);
     a.forget_stats();
     Ok(Json(Done {
         action: "replay".into(),
@@ -410,9 +502,11 @@ async fn replay_all(
 
 async fn purge(
     State(a): State<Admin>,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((tenant, id)): Path<(String, u64)>,
 ) -> Result<Json<Done>, ApiError> {
+    caller.allow(Endpoint::Purge(&tenant))?;
     a.known_tenant(&tenant)?;
     match a.queue.purge(&tenant, id).await {
         Ok(()) => {}
@@ -424,11 +518,144 @@ async fn purge(
         }
         Err(e) => return Err(ApiError::internal(e.to_string())),
     }
-    operator_log(&a, "purge", &tenant, &[id], peer);
+    operator_log(&a, &caller, "purge", &tenant, &[id], peer);
     a.forget_stats();
     Ok(Json(Done {
         action: "purge".into(),
         tenant,
         ids: vec![id],
+    }))
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    tenant: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// `GET /audit/export`: the tenant's entries as JSON lines, streamed from a blocking reader.
+/// A line that cannot be read is logged (file and line) and skipped, as `caregate audit
+/// export` reports it and goes on.
+async fn audit_export(
+    State(a): State<Admin>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let tenant = match caller.allow(Endpoint::AuditExport(q.tenant.as_deref()))? {
+        Scope::Tenant(t) => t,
+        Scope::All => q.tenant.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "name a tenant (?tenant=, `-` for system entries)",
+            )
+        })?,
+    };
+    if tenant != "-" {
+        a.known_tenant(&tenant)?;
+    }
+    let trail_tenant = crate::audit::Tenant::parse(&tenant)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("tenant: {e}")))?;
+    let time = |v: &Option<String>, what: &str| {
+        v.as_deref()
+            .map(crate::audit::parse_time)
+            .transpose()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+    };
+    let (since, until) = (time(&q.since, "since")?, time(&q.until, "until")?);
+    let dir = a.config.audit.dir.clone();
+    let entries = crate::audit::export(&dir, &trail_tenant, since, until)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    tracing::info!(action = "audit-export", tenant, token = %caller.name, role = %caller.role, peer = %peer, "operator action");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        for item in entries {
+            match item {
+                Ok(e) => {
+                    if serde_json::to_writer(&mut buf, &e).is_err() {
+                        continue;
+                    }
+                    buf.push(b'\n');
+                    if buf.len() >= 60 * 1024
+                        && tx
+                            .blocking_send(Ok(std::mem::take(&mut buf).into()))
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "audit export: unreadable line skipped"),
+            }
+        }
+        if !buf.is_empty() {
+            let _ = tx.blocking_send(Ok(buf.into()));
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(Chunks(rx)),
+    )
+        .into_response())
+}
+
+/// A channel of body chunks as a stream.
+struct Chunks(tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>);
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<bytes::Bytes, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// The `/audit/verify` answer: the report's counts, whether it is intact, and its text.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerifyAnswer {
+    /// No problem found.
+    pub intact: bool,
+    /// Trail files read.
+    pub files: usize,
+    /// Lines read.
+    pub lines: u64,
+    /// Entries among them.
+    pub entries: u64,
+    /// Checkpoints among them.
+    pub checkpoints: u64,
+    /// Seq of the last checkpoint whose signature verified.
+    pub signed_through: Option<u64>,
+    /// Problems found (file and line, no content).
+    pub problems: Vec<String>,
+    /// The report as `caregate audit verify` prints it.
+    pub report: String,
+}
+
+async fn audit_verify(
+    State(a): State<Admin>,
+    caller: Caller,
+) -> Result<Json<VerifyAnswer>, ApiError> {
+    caller.allow(Endpoint::AuditVerify)?;
+    let dir = a.config.audit.dir.clone();
+    let key_path = a.config.audit.key_dir.join(crate::audit::PUBLIC_KEY_FILE);
+    let report = tokio::task::spawn_blocking(move || {
+        let key = crate::audit::PublicKey::load(&key_path).map_err(|e| e.to_string())?;
+        crate::audit::verify(&dir, &key).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(ApiError::internal)?;
+    Ok(Json(VerifyAnswer {
+        intact: report.is_intact(),
+        files: report.files,
+        lines: report.lines,
+        entries: report.entries,
+        checkpoints: report.checkpoints,
+        signed_through: report.signed_through,
+        problems: report.problems.iter().map(ToString::to_string).collect(),
+        report: report.to_string(),
     }))
 }

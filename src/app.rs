@@ -98,6 +98,19 @@ pub async fn start_with_queue(
 ) -> anyhow::Result<Running> {
     let ready = Arc::new(Readiness::default());
     let (trigger, _) = shutdown::channel();
+    let admin_tls = config
+        .admin
+        .tls
+        .as_ref()
+        .map(|t| {
+            crate::mllp::tls::server_config(&crate::mllp::TlsConfig {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+                client_ca: None,
+            })
+        })
+        .transpose()
+        .context("admin.tls")?;
     let admin_listener = health::bind(config.admin.listen)
         .await
         .with_context(|| format!("binding the admin listener on {}", config.admin.listen))?;
@@ -207,6 +220,7 @@ pub async fn start_with_queue(
     let (r, m, s) = (ready.clone(), metrics.clone(), trigger.subscribe());
     let h = tasks.spawn(health::run(
         admin_listener,
+        admin_tls,
         r,
         m,
         admin_api.clone().router(),

@@ -170,6 +170,10 @@ pub enum Command {
         /// The `/status` JSON document.
         #[arg(long)]
         json: bool,
+        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
+        /// /etc/caregate/cli.token when readable).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// The audit trail: verify its integrity, export a tenant's entries.
     Audit {
@@ -184,6 +188,12 @@ pub enum Command {
         /// What to probe.
         #[command(subcommand)]
         command: ProbeCommand,
+    },
+    /// Admin API tokens.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Inspect the durable queue.
     Queue {
@@ -219,6 +229,47 @@ pub async fn probe_modbus(
     for line in lines {
         println!("{line}");
     }
+    Ok(())
+}
+
+/// `caregate token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random token once (give it to its holder) and its SHA-256 for the config.
+    New {
+        /// Token name, e.g. `ops-alice` (logged and audited as the actor).
+        #[arg(long)]
+        name: String,
+        /// Also write the hash to this file (the `hash_file` of its `[[admin.token]]`).
+        #[arg(long)]
+        hash_file: Option<PathBuf>,
+    },
+}
+
+/// `caregate token new`: the token on stdout's first line, then a config snippet.
+pub fn token_new(
+    name: &str,
+    hash_file: Option<&std::path::Path>,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    let (token, hash) = crate::access::new_token()
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    let hex = crate::access::to_hex(&hash);
+    if let Some(p) = hash_file {
+        std::fs::write(p, format!("{hex}\n"))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    writeln!(out, "{token}")?;
+    writeln!(
+        out,
+        "# Shown once: give the line above to {name} (e.g. in a file for --token-file).\n\
+         # Add to [admin] in caregate.toml (role: system-admin | org-admin | auditor):\n\
+         # [[admin.token]]\n# name = \"{name}\"\n# role = \"org-admin\"\n# tenant = \"north\"\n{}",
+        match hash_file {
+            Some(p) => format!("# hash_file = \"{}\"", p.display()),
+            None => format!("# hash = \"{hex}\""),
+        }
+    )?;
     Ok(())
 }
 
@@ -469,6 +520,10 @@ pub enum QueueCommand {
         /// Configuration file (for data_dir).
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
+        /// /etc/caregate/cli.token when readable).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -478,6 +533,10 @@ pub enum QueueCommand {
         /// Configuration file.
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
+        /// /etc/caregate/cli.token when readable).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Only this tenant.
         #[arg(long)]
         tenant: Option<String>,
@@ -490,6 +549,10 @@ pub enum QueueCommand {
         /// Configuration file.
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
+        /// /etc/caregate/cli.token when readable).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Tenant (default: the only one).
         #[arg(long)]
         tenant: Option<String>,
@@ -505,6 +568,10 @@ pub enum QueueCommand {
         /// Configuration file.
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
+        /// /etc/caregate/cli.token when readable).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Tenant (default: the only one).
         #[arg(long)]
         tenant: Option<String>,

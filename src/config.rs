@@ -71,6 +71,21 @@ pub struct Config {
 pub struct Admin {
     /// Address of the admin HTTP listener.
     pub listen: SocketAddr,
+    /// TLS for the listener (required off loopback).
+    pub tls: Option<AdminTls>,
+    /// Operator API tokens (`[[admin.token]]`); none: the operator API is refused.
+    pub tokens: crate::access::Tokens,
+}
+
+/// `[admin.tls]`: the admin listener serves TLS 1.3 only.
+#[derive(Debug, Clone)]
+pub struct AdminTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// CA the CLI trusts to reach this listener (default: the system bundle).
+    pub ca: Option<PathBuf>,
 }
 
 /// One `[[tenant]]`: an organization whose data never mixes with another's.
@@ -161,14 +176,42 @@ fn default_shutdown_timeout() -> HumanDuration {
 struct RawAdmin {
     #[serde(default = "default_admin_listen")]
     listen: String,
+    #[serde(default)]
+    tls: Option<RawAdminTls>,
+    #[serde(default, rename = "token")]
+    tokens: Vec<RawToken>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
             listen: default_admin_listen(),
+            tls: None,
+            tokens: Vec::new(),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminTls {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    role: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    hash_file: Option<PathBuf>,
+    #[serde(default)]
+    hash: Option<String>,
 }
 
 fn default_admin_listen() -> String {
@@ -619,6 +662,20 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
             ));
         }
     }
+    if let Some(a) = admin_listen {
+        if !a.ip().is_loopback() && raw.admin.tls.is_none() {
+            problems.push((
+                "admin.listen".into(),
+                "admin API off loopback requires [admin.tls]".into(),
+            ));
+        }
+    }
+    let admin_tls = raw.admin.tls.map(|t| AdminTls {
+        cert: resolve(base, &t.cert),
+        key: resolve(base, &t.key),
+        ca: t.ca.map(|c| resolve(base, &c)),
+    });
+    let tokens = validate_tokens(base, raw.admin.tokens, &tenant_ids, problems);
     let alert = match raw.alert.validate(base) {
         Ok(a) => a,
         Err((k, m)) => {
@@ -645,12 +702,99 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
         data_dir,
         admin: Admin {
             listen: admin_listen?,
+            tls: admin_tls,
+            tokens,
         },
         queue: queue?,
         shutdown_timeout: raw.shutdown_timeout.0,
         tenants,
         sources,
     })
+}
+
+/// `[[admin.token]]`: names unique, role known, tenant exactly for the tenant roles, one of
+/// `hash` / `hash_file` holding 64 hex digits (the SHA-256 of the token, never the token).
+fn validate_tokens(
+    base: &Path,
+    raw: Vec<RawToken>,
+    tenant_ids: &BTreeSet<String>,
+    problems: &mut Vec<(String, String)>,
+) -> crate::access::Tokens {
+    use crate::access::{Role, Token, parse_hash};
+    let mut tokens = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut hashes = BTreeSet::new();
+    for (i, t) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("admin.token[{i}].{k}");
+        if !valid_id(&t.name) {
+            problems.push((
+                key("name"),
+                "must be 1-64 characters of a-z, 0-9, '-' or '_'".into(),
+            ));
+        }
+        if !names.insert(t.name.clone()) {
+            problems.push((key("name"), "duplicate token name".into()));
+        }
+        let Some(role) = Role::parse(&t.role) else {
+            problems.push((
+                key("role"),
+                "one of system-admin, org-admin, auditor".into(),
+            ));
+            continue;
+        };
+        match (role, &t.tenant) {
+            (Role::SystemAdmin, Some(_)) => problems.push((
+                key("tenant"),
+                "not allowed for role system-admin (it covers every tenant)".into(),
+            )),
+            (Role::OrgAdmin | Role::Auditor, None) => {
+                problems.push((key("role"), format!("role {role} requires a tenant")))
+            }
+            (_, Some(id)) if !tenant_ids.contains(id) => {
+                problems.push((key("tenant"), "names no [[tenant]] id of this file".into()))
+            }
+            _ => {}
+        }
+        let text = match (&t.hash, &t.hash_file) {
+            (Some(h), None) => Some((key("hash"), h.clone())),
+            (None, Some(f)) => match std::fs::read_to_string(resolve(base, f)) {
+                Ok(h) => Some((key("hash_file"), h)),
+                Err(e) => {
+                    problems.push((key("hash_file"), format!("cannot read: {e}")));
+                    None
+                }
+            },
+            (Some(_), Some(_)) => {
+                problems.push((key("hash"), "set hash or hash_file, not both".into()));
+                None
+            }
+            (None, None) => {
+                problems.push((
+                    format!("admin.token[{i}]"),
+                    "needs hash_file (or hash): the token's SHA-256 (caregate token new)".into(),
+                ));
+                None
+            }
+        };
+        let Some((k, text)) = text else { continue };
+        let Some(hash) = parse_hash(&text) else {
+            problems.push((
+                k,
+                "must be the SHA-256 of the token as 64 hex digits (caregate token new)".into(),
+            ));
+            continue;
+        };
+        if !hashes.insert(hash) {
+            problems.push((k, "same token as another [[admin.token]]".into()));
+        }
+        tokens.push(Token {
+            name: t.name,
+            role,
+            tenant: t.tenant,
+            hash,
+        });
+    }
+    crate::access::Tokens(tokens)
 }
 
 /// Ids used in keys, labels and URLs: short, lowercase, no separators of our key layout.
@@ -891,5 +1035,88 @@ listen = "127.0.0.1:2575"
             "id = \"north\"\ntimezone = \"Mars/Olympus\"",
         );
         assert_eq!(load(&text).unwrap_err().key, "tenant[0].timezone");
+    }
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn admin_off_loopback_requires_tls() {
+        let text = format!("{MINIMAL}[admin]\nlisten = \"0.0.0.0:9100\"\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.key, "admin.listen", "{e}");
+        assert!(e.message.contains("requires [admin.tls]"), "{e}");
+        let text = format!(
+            "{MINIMAL}[admin]\nlisten = \"0.0.0.0:9100\"\ntls = {{ cert = \"a.pem\", key = \"a.key\" }}\n"
+        );
+        let c = load(&text).unwrap();
+        assert_eq!(
+            c.admin.tls.unwrap().cert,
+            Path::new("/etc/caregate/a.pem"),
+            "relative to the config file"
+        );
+    }
+
+    #[test]
+    fn admin_tokens_validate_role_tenant_and_hash_with_their_keys() {
+        let token = |body: &str| format!("{MINIMAL}[admin]\n[[admin.token]]\n{body}\n");
+        let ok = load(&token(&format!(
+            "name = \"alice\"\nrole = \"org-admin\"\ntenant = \"north\"\nhash = \"{HASH}\""
+        )))
+        .unwrap();
+        assert_eq!(ok.admin.tokens.0.len(), 1);
+        assert_eq!(ok.admin.tokens.0[0].role, crate::access::Role::OrgAdmin);
+        let cases = [
+            (
+                format!("name = \"alice\"\nrole = \"org-admin\"\nhash = \"{HASH}\""),
+                "admin.token[0].role",
+                "requires a tenant",
+            ),
+            (
+                format!("name = \"a\"\nrole = \"auditor\"\nhash = \"{HASH}\""),
+                "admin.token[0].role",
+                "requires a tenant",
+            ),
+            (
+                format!(
+                    "name = \"root\"\nrole = \"system-admin\"\ntenant = \"north\"\nhash = \"{HASH}\""
+                ),
+                "admin.token[0].tenant",
+                "not allowed",
+            ),
+            (
+                format!(
+                    "name = \"a\"\nrole = \"org-admin\"\ntenant = \"south\"\nhash = \"{HASH}\""
+                ),
+                "admin.token[0].tenant",
+                "no [[tenant]]",
+            ),
+            (
+                format!("name = \"a\"\nrole = \"boss\"\nhash = \"{HASH}\""),
+                "admin.token[0].role",
+                "one of",
+            ),
+            (
+                "name = \"a\"\nrole = \"system-admin\"\nhash = \"s3cret\"".to_owned(),
+                "admin.token[0].hash",
+                "64 hex digits",
+            ),
+            (
+                "name = \"a\"\nrole = \"system-admin\"".to_owned(),
+                "admin.token[0]",
+                "needs hash_file",
+            ),
+            (
+                "name = \"a\"\nrole = \"system-admin\"\nhash_file = \"/nonexistent/a.sha256\""
+                    .to_owned(),
+                "admin.token[0].hash_file",
+                "cannot read",
+            ),
+        ];
+        for (body, key, msg) in cases {
+            let e = load(&token(&body)).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.message.contains(msg), "{e}");
+            assert!(e.line.is_some(), "{e}");
+        }
     }
 }

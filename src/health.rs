@@ -1,6 +1,9 @@
 //! The admin HTTP listener: `/livez` (the process answers), `/readyz` (the readiness latch:
 //! queue open and every listener bound) and `/metrics` (Prometheus text). No patient data is
-//! reachable here, so these stay open; mutating endpoints come with roles later.
+//! reachable here, so these stay open; the operator API merged in (`admin`) checks bearer
+//! tokens itself. With `[admin.tls]` the listener speaks TLS 1.3 only (rustls, aws-lc-rs):
+//! handshakes run in their own tasks with a deadline, so a slow client never holds up
+//! accepting others.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +14,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::net::TcpListener;
+use std::time::Duration;
+
+use axum::serve::ListenerExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -42,9 +51,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves the health routes plus `extra` (the operator API) until shutdown.
+/// Serves the health routes plus `extra` (the operator API) until shutdown, over TLS when
+/// `tls` is given.
 pub async fn run(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     ready: Arc<Readiness>,
     metrics: Arc<Metrics>,
     extra: Router,
@@ -56,14 +67,96 @@ pub async fn run(
         .route("/metrics", get(metrics_text))
         .with_state(AppState { ready, metrics })
         .merge(extra);
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await;
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    let stop = shutdown.clone();
+    let served = match tls {
+        None => {
+            axum::serve(listener, make)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        }
+        Some(config) => {
+            // `tap_io` only to get axum's `SocketAddr` connect info for any listener.
+            let tls = TlsListener::start(listener, config, stop).tap_io(|_| {});
+            axum::serve(tls, make)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        }
+    };
     if let Err(e) = served {
         tracing::error!(error = %e, "admin listener failed");
+    }
+}
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepted and handshaken TLS connections, for `axum::serve`.
+struct TlsListener {
+    local: SocketAddr,
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+}
+
+impl TlsListener {
+    fn start(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        mut shutdown: Shutdown,
+    ) -> TlsListener {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (tx, rx) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "admin listener: accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(peer = %peer, error = %e, "admin listener: TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::info!(peer = %peer, "admin listener: TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        });
+        TlsListener { local, rx }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(x) => x,
+            // The accept task ended (shutdown): nothing more will come; graceful shutdown
+            // stops serve on its own.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 

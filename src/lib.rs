@@ -66,6 +66,7 @@
 //! - [`shutdown`]: shutdown signalling; [`cli`]: the command line.
 //! - [`systemd`]: `READY=1`, `STATUS=`, `STOPPING=1`, `WATCHDOG=1` for the service manager.
 
+pub mod access;
 pub mod admin;
 pub mod alert;
 pub mod app;

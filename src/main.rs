@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 
-use caregate::cli::{AuditCommand, Cli, Command, LogEnv, LogFormat, ProbeCommand, QueueCommand};
+use caregate::cli::{
+    AuditCommand, Cli, Command, LogEnv, LogFormat, ProbeCommand, QueueCommand, TokenCommand,
+};
 use caregate::config::{self, Config};
 use caregate::{app, cli, ops, shutdown};
 
@@ -288,9 +290,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { config, json } => {
+        Command::Token {
+            command: TokenCommand::New { name, hash_file },
+        } => {
+            cli::token_new(&name, hash_file.as_deref(), &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            config,
+            json,
+            token_file,
+        } => {
             let config = Config::load(&config)?;
-            let status = runtime()?.block_on(ops::status(&config))?;
+            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let status = runtime()?.block_on(ops::status(&api))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -304,10 +317,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     config,
                     tenant,
                     json,
+                    token_file,
                 },
         } => {
             let config = Config::load(&config)?;
-            let list = runtime()?.block_on(ops::dead_letters(&config, tenant.as_deref()))?;
+            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let list = runtime()?.block_on(ops::dead_letters(&config, &api, tenant.as_deref()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -341,12 +356,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     tenant,
                     all,
                     id,
+                    token_file,
                 },
         } => {
             let config = Config::load(&config)?;
+            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
             let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
-            let done =
-                runtime()?.block_on(ops::replay(&config, &tenant, if all { None } else { id }))?;
+            let done = runtime()?.block_on(ops::replay(
+                &config,
+                &api,
+                &tenant,
+                if all { None } else { id },
+            ))?;
             println!(
                 "replayed {} dead letters of tenant {}: {:?}",
                 done.ids.len(),
@@ -356,19 +377,32 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue {
-            command: QueueCommand::Purge { config, tenant, id },
+            command:
+                QueueCommand::Purge {
+                    config,
+                    tenant,
+                    id,
+                    token_file,
+                },
         } => {
             let config = Config::load(&config)?;
+            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
             let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
-            let done = runtime()?.block_on(ops::purge(&config, &tenant, id))?;
+            let done = runtime()?.block_on(ops::purge(&config, &api, &tenant, id))?;
             println!("purged dead letter {id} of tenant {}", done.tenant);
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue {
-            command: QueueCommand::Stats { config, json },
+            command:
+                QueueCommand::Stats {
+                    config,
+                    json,
+                    token_file,
+                },
         } => {
             let config = Config::load(&config)?;
-            let stats = runtime()?.block_on(ops::queue_stats(&config))?;
+            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let stats = runtime()?.block_on(ops::queue_stats(&config, &api))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {

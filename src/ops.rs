@@ -2,6 +2,10 @@
 //! call the running daemon's admin API; when no daemon answers, the queue ops open the queue
 //! directly (the database admits one process at a time, so this is safe exactly when the
 //! daemon is down) and say so.
+//!
+//! Calls carry the bearer token read from `--token-file`, `$CAREGATE_TOKEN_FILE` or
+//! `/etc/caregate/cli.token` ([`read_token`]); with `[admin.tls]` they go over HTTPS, trusting
+//! the system bundle plus `[admin.tls] ca`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,7 +26,62 @@ pub fn admin_base(config: &Config) -> String {
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
-    format!("http://{a}")
+    let scheme = if config.admin.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{a}")
+}
+
+/// Default token file of the CLI.
+pub const DEFAULT_TOKEN_FILE: &str = "/etc/caregate/cli.token";
+
+/// The bearer token: from `flag`, else the file named by `$CAREGATE_TOKEN_FILE` (both must be
+/// readable), else [`DEFAULT_TOKEN_FILE`] when readable, else none (the daemon will say 401).
+pub fn read_token(flag: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let named = flag
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| std::env::var_os("CAREGATE_TOKEN_FILE").map(Into::into));
+    let text = match named {
+        Some(p) => std::fs::read_to_string(&p)
+            .with_context(|| format!("reading the token file {}", p.display()))?,
+        None => match std::fs::read_to_string(DEFAULT_TOKEN_FILE) {
+            Ok(t) => t,
+            Err(_) => return Ok(None),
+        },
+    };
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    if token.is_empty() {
+        bail!("the token file is empty");
+    }
+    Ok(Some(token))
+}
+
+/// How to reach and authenticate to the admin API.
+pub struct Api {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// For the daemon running `config`, with `token`.
+    pub fn new(config: &Config, token: Option<String>) -> anyhow::Result<Api> {
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .no_proxy();
+        if let Some(t) = &config.admin.tls {
+            let tls = crate::forward::client::tls_config(t.ca.as_deref(), None)
+                .context("admin.tls.ca")?;
+            b = b.tls_backend_preconfigured(tls).https_only(true);
+        }
+        Ok(Api {
+            base: admin_base(config),
+            token,
+            http: b.build()?,
+        })
+    }
 }
 
 /// The daemon did not answer (not running, or not on this address).
@@ -31,15 +90,16 @@ pub fn admin_base(config: &Config) -> String {
 pub struct NotRunning(pub String);
 
 async fn call<T: serde::de::DeserializeOwned>(
-    base: &str,
+    api: &Api,
     method: reqwest::Method,
     path: &str,
 ) -> anyhow::Result<T> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .no_proxy()
-        .build()?;
-    let resp = match http.request(method, format!("{base}{path}")).send().await {
+    let base = &api.base;
+    let mut req = api.http.request(method, format!("{base}{path}"));
+    if let Some(t) = &api.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = match req.send().await {
         Ok(r) => r,
         Err(e) if e.is_connect() => return Err(NotRunning(base.to_owned()).into()),
         Err(e) => return Err(e).context(format!("calling {base}{path}")),
@@ -57,13 +117,13 @@ async fn call<T: serde::de::DeserializeOwned>(
 }
 
 /// `/status` of the running daemon.
-pub async fn status(config: &Config) -> anyhow::Result<Status> {
-    call(&admin_base(config), reqwest::Method::GET, "/status").await
+pub async fn status(api: &Api) -> anyhow::Result<Status> {
+    call(api, reqwest::Method::GET, "/status").await
 }
 
 /// `caregate queue stats`: from the running daemon, else from the database directly.
-pub async fn queue_stats(config: &Config) -> anyhow::Result<crate::queue::Stats> {
-    match call(&admin_base(config), reqwest::Method::GET, "/queue/stats").await {
+pub async fn queue_stats(config: &Config, api: &Api) -> anyhow::Result<crate::queue::Stats> {
+    match call(api, reqwest::Method::GET, "/queue/stats").await {
         Err(e) if e.is::<NotRunning>() => {
             let now = jiff::Timestamp::now().as_microsecond();
             crate::queue::read_stats(&config.data_dir, now)
@@ -101,13 +161,14 @@ async fn offline_queue(config: &Config) -> anyhow::Result<crate::queue::Queue> {
 /// Dead letters (all tenants or one).
 pub async fn dead_letters(
     config: &Config,
+    api: &Api,
     tenant: Option<&str>,
 ) -> anyhow::Result<Vec<DeadLetter>> {
     let path = match tenant {
         Some(t) => format!("/queue/dead-letters?tenant={t}"),
         None => "/queue/dead-letters".to_owned(),
     };
-    match call(&admin_base(config), reqwest::Method::GET, &path).await {
+    match call(api, reqwest::Method::GET, &path).await {
         Err(e) if e.is::<NotRunning>() => {
             let q = offline_queue(config).await?;
             let list = crate::admin::list_dead_letters(&q, tenant)?;
@@ -119,12 +180,17 @@ pub async fn dead_letters(
 }
 
 /// Replays one dead letter or all of a tenant's.
-pub async fn replay(config: &Config, tenant: &str, id: Option<u64>) -> anyhow::Result<Done> {
+pub async fn replay(
+    config: &Config,
+    api: &Api,
+    tenant: &str,
+    id: Option<u64>,
+) -> anyhow::Result<Done> {
     let path = match id {
         Some(id) => format!("/queue/replay/{tenant}/{id}"),
         None => format!("/queue/replay/{tenant}?all=true"),
     };
-    match call(&admin_base(config), reqwest::Method::POST, &path).await {
+    match call(api, reqwest::Method::POST, &path).await {
         Err(e) if e.is::<NotRunning>() => {
             let q = offline_queue(config).await?;
             let dead: Vec<u64> = crate::admin::list_dead_letters(&q, Some(tenant))?
@@ -155,9 +221,9 @@ pub async fn replay(config: &Config, tenant: &str, id: Option<u64>) -> anyhow::R
 }
 
 /// Purges one dead letter.
-pub async fn purge(config: &Config, tenant: &str, id: u64) -> anyhow::Result<Done> {
+pub async fn purge(config: &Config, api: &Api, tenant: &str, id: u64) -> anyhow::Result<Done> {
     let path = format!("/queue/dead-letters/{tenant}/{id}");
-    match call(&admin_base(config), reqwest::Method::DELETE, &path).await {
+    match call(api, reqwest::Method::DELETE, &path).await {
         Err(e) if e.is::<NotRunning>() => {
             let q = offline_queue(config).await?;
             let r = q.purge(tenant, id).await;

@@ -97,8 +97,9 @@ struct Tenant<'a> {
 
 fn config(dir: &std::path::Path, pki: &Pki, tenants: &[Tenant<'_>], hook: Option<&str>) -> String {
     let mut text = format!(
-        "data_dir = \"{}\"\nshutdown_timeout = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        dir.join("data").display()
+        "data_dir = \"{}\"\nshutdown_timeout = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        dir.join("data").display(),
+        crate::support::admin_token_toml("ops", "system-admin", None, crate::support::ADMIN_TOKEN)
     );
     for t in tenants {
         text.push_str(&format!(
@@ -473,6 +474,7 @@ async fn a_refused_message_is_dead_lettered_the_rest_flows_and_replay_delivers_i
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{admin}/queue/replay/north/{}", dead[0].id))
+        .bearer_auth(crate::support::ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -483,6 +485,7 @@ async fn a_refused_message_is_dead_lettered_the_rest_flows_and_replay_delivers_i
     .await;
     let listed: Vec<Value> = http
         .get(format!("{admin}/queue/dead-letters?tenant=north"))
+        .bearer_auth(crate::support::ADMIN_TOKEN)
         .send()
         .await
         .unwrap()
@@ -493,6 +496,7 @@ async fn a_refused_message_is_dead_lettered_the_rest_flows_and_replay_delivers_i
     // Purge refuses anything that is not parked.
     let r = http
         .delete(format!("{admin}/queue/dead-letters/north/{}", dead[0].id))
+        .bearer_auth(crate::support::ADMIN_TOKEN)
         .send()
         .await
         .unwrap();

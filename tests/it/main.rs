@@ -6,6 +6,7 @@
 
 mod support;
 
+mod admin_roles; // operator API roles over real HTTP: the role x endpoint x tenant table, TLS 1.3 admin listener, token config
 mod astm; // ASTM E1381 link (simulated analyzer, faults, virtual clock) + E1394 parse + FHIR goldens; corpus replay
 mod astm_serial; // ASTM over a real pty (astm, mllp-serial, probe) and loopback TCP through the whole gateway
 mod audit; // audit trail: tamper evidence with file/line, crash recovery, rotation/compression/retention, export

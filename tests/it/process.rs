@@ -10,7 +10,12 @@ use std::time::{Duration, Instant};
 
 use caregate::mllp::client::Client;
 
-use crate::support::{code, oru};
+use crate::support::{ADMIN_TOKEN, code, oru};
+
+/// The harness's system-admin `[[admin.token]]`.
+fn admin_token() -> String {
+    crate::support::admin_token_toml("ops", "system-admin", None, ADMIN_TOKEN)
+}
 
 const BIN: &str = env!("CARGO_BIN_EXE_caregate");
 
@@ -33,10 +38,12 @@ impl Daemon {
         let mllp = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         let text = format!(
-            "data_dir = \"{}\"\n[admin]\nlisten = \"{admin}\"\n[[tenant]]\nid = \"north\"\n\
+            "data_dir = \"{}\"\n[admin]\nlisten = \"{admin}\"\n{token}[[tenant]]\nid = \"north\"\n\
              [[source]]\nname = \"lab\"\ntenant = \"north\"\nkind = \"mllp\"\nlisten = \"{mllp}\"\n",
-            dir.join("data").display()
+            dir.join("data").display(),
+            token = admin_token(),
         );
+        std::fs::write(dir.join("cli.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
         let path = dir.join("caregate.toml");
         std::fs::write(&path, text).unwrap();
         (path, mllp)
@@ -210,6 +217,7 @@ async fn send_prints_each_ack_and_exits_non_zero_on_a_reject() {
     let out = Command::new(BIN)
         .args(["queue", "stats", "--json", "--config"])
         .arg(&config)
+        .env("CAREGATE_TOKEN_FILE", config.with_file_name("cli.token"))
         .output()
         .unwrap();
     assert!(
@@ -227,6 +235,7 @@ async fn send_prints_each_ack_and_exits_non_zero_on_a_reject() {
     let out = Command::new(BIN)
         .args(["queue", "stats", "--json", "--config"])
         .arg(&config)
+        .env("CAREGATE_TOKEN_FILE", config.with_file_name("cli.token"))
         .output()
         .unwrap();
     assert!(
@@ -283,6 +292,10 @@ fn check_config_names_file_key_and_line_and_exits_64() {
         "kind = \"mllp\"",
         "kind = \"mllp\"\nmax_frame = \"8 parsecs\"",
     );
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("max_frame"))
+        .unwrap();
     std::fs::write(&config, text).unwrap();
     let out = Command::new(BIN)
         .args(["check-config", "--config"])
@@ -291,7 +304,10 @@ fn check_config_names_file_key_and_line_and_exits_64() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:10:", config.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:{line}:", config.display())),
+        "{err}"
+    );
     assert!(err.contains("source[0].max_frame"), "{err}");
 }
 
@@ -348,11 +364,12 @@ async fn sigkill_while_forwarding_ten_times_delivers_every_acked_message_once() 
     let mllp = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let text = format!(
-        "data_dir = \"{data}\"\n[admin]\nlisten = \"{admin}\"\n\
+        "data_dir = \"{data}\"\n[admin]\nlisten = \"{admin}\"\n{token}\
          [[tenant]]\nid = \"north\"\ntimezone = \"UTC\"\n\
          [tenant.upstream]\nurl = \"{url}\"\nca_file = \"{ca}\"\nbatch_messages = 5\nretry_initial = \"50ms\"\nretry_max = \"500ms\"\n\
          [[source]]\nname = \"lab\"\ntenant = \"north\"\nkind = \"mllp\"\nlisten = \"{mllp}\"\n",
         data = dir.path().join("data").display(),
+        token = admin_token(),
         url = server.base_url(),
         ca = pki.ca.display(),
     );
@@ -408,6 +425,7 @@ async fn sigkill_while_forwarding_ten_times_delivers_every_acked_message_once() 
     loop {
         let s: serde_json::Value = http
             .get(format!("http://{admin}/status"))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap()
@@ -488,6 +506,7 @@ async fn status_and_queue_commands_use_the_running_daemon_or_the_queue_directly(
     let out = Command::new(BIN)
         .args(["status", "--json", "--config"])
         .arg(&config)
+        .env("CAREGATE_TOKEN_FILE", config.with_file_name("cli.token"))
         .output()
         .unwrap();
     assert!(
@@ -506,6 +525,7 @@ async fn status_and_queue_commands_use_the_running_daemon_or_the_queue_directly(
     let out = Command::new(BIN)
         .args(["status", "--config"])
         .arg(&config)
+        .env("CAREGATE_TOKEN_FILE", config.with_file_name("cli.token"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -514,6 +534,7 @@ async fn status_and_queue_commands_use_the_running_daemon_or_the_queue_directly(
     let out = Command::new(BIN)
         .args(["queue", "dead-letters", "--json", "--config"])
         .arg(&config)
+        .env("CAREGATE_TOKEN_FILE", config.with_file_name("cli.token"))
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -524,6 +545,7 @@ async fn status_and_queue_commands_use_the_running_daemon_or_the_queue_directly(
     let out = Command::new(BIN)
         .args(["queue", "purge", "1", "--config"])
         .arg(&config)
+        .env("CAREGATE_TOKEN_FILE", config.with_file_name("cli.token"))
         .output()
         .unwrap();
     assert!(!out.status.success(), "a ready message cannot be purged");
@@ -533,6 +555,7 @@ async fn status_and_queue_commands_use_the_running_daemon_or_the_queue_directly(
     let out = Command::new(BIN)
         .args(["status", "--config"])
         .arg(&config)
+        .env("CAREGATE_TOKEN_FILE", config.with_file_name("cli.token"))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -540,6 +563,7 @@ async fn status_and_queue_commands_use_the_running_daemon_or_the_queue_directly(
     let out = Command::new(BIN)
         .args(["queue", "replay", "--all", "--config"])
         .arg(&config)
+        .env("CAREGATE_TOKEN_FILE", config.with_file_name("cli.token"))
         .output()
         .unwrap();
     assert!(

@@ -62,7 +62,7 @@ fn two_tenants(dir: &Path, server: &FhirServer, ca: &Path) -> String {
 shutdown_timeout = "5s"
 [admin]
 listen = "127.0.0.1:0"
-[[tenant]]
+{token}[[tenant]]
 id = "north"
 timezone = "America/Chicago"
 [tenant.upstream]
@@ -84,6 +84,12 @@ tenant = "south"
 kind = "mllp"
 listen = "127.0.0.1:0"
 "#,
+        token = crate::support::admin_token_toml(
+            "ops",
+            "system-admin",
+            None,
+            crate::support::ADMIN_TOKEN
+        ),
         data = dir.join("data").display(),
         url = server.base_url(),
         ca = ca.display(),
@@ -161,6 +167,7 @@ async fn status_page_shows_the_live_numbers_in_a_real_browser() {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let get_status = || async {
         http.get(format!("{admin}/status"))
+            .bearer_auth(crate::support::ADMIN_TOKEN)
             .send()
             .await
             .unwrap()

@@ -295,3 +295,17 @@ pub fn faulty_opener(path: PathBuf) -> (Opener, Arc<AtomicBool>) {
     });
     (opener, fail)
 }
+
+// === admin API tokens ===
+
+/// The system-admin token the harness configs carry (`ops`), for tests that call the operator API.
+pub const ADMIN_TOKEN: &str = "test-ops-token-0123456789";
+
+/// An `[[admin.token]]` table (put it after `[admin]`, before any other table).
+pub fn admin_token_toml(name: &str, role: &str, tenant: Option<&str>, token: &str) -> String {
+    let hash = caregate::access::to_hex(&caregate::access::hash(token));
+    let tenant = tenant
+        .map(|t| format!("tenant = \"{t}\"\n"))
+        .unwrap_or_default();
+    format!("[[admin.token]]\nname = \"{name}\"\nrole = \"{role}\"\n{tenant}hash = \"{hash}\"\n")
+}
