@@ -186,6 +186,8 @@ pub enum Endpoint<'a> {
     AuditExport(Option<&'a str>),
     /// `GET /audit/verify`.
     AuditVerify,
+    /// `GET|POST /consent/{tenant}`: consent registry of a tenant.
+    Consent(&'a str),
 }
 
 /// What the caller may see.
@@ -228,6 +230,8 @@ pub fn decide(role: Role, own: Option<&str>, endpoint: Endpoint<'_>) -> Result<S
         (Role::OrgAdmin, Endpoint::DeadLetters(t)) => own_tenant(t, "list dead letters"),
         (Role::OrgAdmin, Endpoint::Replay(t)) => own_tenant(Some(t), "replay"),
         (Role::OrgAdmin, Endpoint::Purge(t)) => own_tenant(Some(t), "purge"),
+        (Role::OrgAdmin, Endpoint::Consent(t)) => own_tenant(Some(t), "change consent"),
+        (Role::Auditor, Endpoint::Consent(_)) => deny("change consent"),
         (Role::OrgAdmin | Role::Auditor, Endpoint::AuditExport(t)) => {
             own_tenant(t, "export the audit trail")
         }
@@ -259,6 +263,7 @@ mod tests {
             Endpoint::Purge(t.unwrap_or("north")),
             Endpoint::AuditExport(t),
             Endpoint::AuditVerify,
+            Endpoint::Consent(t.unwrap_or("north")),
         ]
     }
 

@@ -8,9 +8,11 @@
 //! | GET    | `/queue/dead-letters[?tenant=T]`       | dead letters with their reason (no payload) |
 //! | POST   | `/queue/replay/{tenant}/{id}`          | a dead letter back to the ready queue, in its original place |
 //! | POST   | `/queue/replay/{tenant}?all=true`      | every dead letter of the tenant             |
-//! | DELETE | `/queue/dead-letters/{tenant}/{id}`    | purge one dead letter for good              |
+//! | DELETE | `/queue/dead-letters/{tenant}/{id}`    | purge one dead letter (or held message) for good |
 //! | GET    | `/audit/export?tenant=&since=&until=`  | a tenant's audit entries, JSON lines (streamed) |
 //! | GET    | `/audit/verify`                        | the audit trail's integrity report          |
+//! | GET    | `/consent/{tenant}`                    | the consent registry (patient hashes and status) |
+//! | POST   | `/consent/{tenant}`                    | `{"system","value","status":"active"\|"withdrawn"}`; `active` releases the patient's held messages in order |
 //!
 //! Every route here requires `Authorization: Bearer <token>`; who may call what, for which
 //! tenant, is the table in [`crate::access`] (401 without or with an unknown token, 403 outside
@@ -56,6 +58,7 @@ pub struct Admin {
     pub started: Instant,
     cache: Arc<Mutex<Option<CachedStats>>>,
     audit: crate::audit::Recorder,
+    consent: Option<Arc<crate::consent::Registry>>,
 }
 
 impl Admin {
@@ -74,7 +77,14 @@ impl Admin {
             started: Instant::now(),
             cache: Arc::new(Mutex::new(None)),
             audit: crate::audit::Recorder::disabled(),
+            consent: None,
         }
+    }
+
+    /// Serves `/consent` from this registry.
+    pub fn with_consent(mut self, consent: Arc<crate::consent::Registry>) -> Admin {
+        self.consent = Some(consent);
+        self
     }
 
     /// Records operator actions in the audit trail.
@@ -95,6 +105,7 @@ impl Admin {
             .route("/queue/replay/{tenant}", post(replay_all))
             .route("/audit/export", get(audit_export))
             .route("/audit/verify", get(audit_verify))
+            .route("/consent/{tenant}", get(consent_list).post(consent_set))
             .with_state(self)
     }
 
@@ -254,6 +265,107 @@ impl FromRequestParts<Admin> for Caller {
             Err(Refused::Forbidden(m)) => Err(ApiError::new(StatusCode::FORBIDDEN, m)),
         }
     }
+}
+
+/// `POST /consent/{tenant}` body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConsentChange {
+    /// Identifier system (URI, as the converter emits it).
+    pub system: String,
+    /// Identifier value.
+    pub value: String,
+    /// New status.
+    pub status: crate::consent::Status,
+}
+
+/// What a consent change did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConsentDone {
+    /// Tenant.
+    pub tenant: String,
+    /// Keyed hash of the patient.
+    pub patient_ref: String,
+    /// The status recorded.
+    pub status: crate::consent::Status,
+    /// Held envelopes released (in order).
+    pub released: Vec<u64>,
+}
+
+impl Admin {
+    fn registry(&self) -> Result<&Arc<crate::consent::Registry>, ApiError> {
+        self.consent
+            .as_ref()
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no consent registry"))
+    }
+}
+
+async fn consent_list(
+    State(a): State<Admin>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<crate::consent::Entry>>, ApiError> {
+    caller.allow(Endpoint::Consent(&tenant))?;
+    a.known_tenant(&tenant)?;
+    Ok(Json(a.registry()?.list(&tenant)))
+}
+
+async fn consent_set(
+    State(a): State<Admin>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(tenant): Path<String>,
+    Json(change): Json<ConsentChange>,
+) -> Result<Json<ConsentDone>, ApiError> {
+    caller.allow(Endpoint::Consent(&tenant))?;
+    a.known_tenant(&tenant)?;
+    if change.system.trim().is_empty() || change.value.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "system and value are required",
+        ));
+    }
+    let registry = a.registry()?.clone();
+    let (t, c) = (tenant.clone(), change);
+    let (patient_ref, status) = tokio::task::spawn_blocking(move || {
+        registry
+            .set(&t, &c.system, &c.value, c.status)
+            .map(|h| (h, c.status))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let actor = peer.ip().to_string();
+    tracing::info!(action = "consent", tenant = %tenant, patient_ref = %patient_ref, status = ?status, token = %caller.name, peer = %peer, "operator action");
+    a.metrics
+        .operator_actions
+        .get_or_create(&Metrics::tenant_and(&tenant, "action", "consent"))
+        .inc();
+    let mut released = Vec::new();
+    if status == crate::consent::Status::Active {
+        let queue = a.queue.clone();
+        let t = tenant.clone();
+        let parked = tokio::task::spawn_blocking(move || queue.parked(Some(&t)))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let ids: Vec<u64> = parked
+            .into_iter()
+            .filter(|p| p.state == Parked::Held)
+            .filter(|p| {
+                serde_json::from_str::<serde_json::Value>(&p.reason)
+                    .ok()
+                    .is_some_and(|r| r["patient_ref"] == patient_ref.as_str())
+            })
+            .map(|p| p.id)
+            .collect();
+        released = crate::pipeline::release_held(&a.queue, &a.audit, &tenant, &ids, &actor).await;
+    }
+    Ok(Json(ConsentDone {
+        tenant,
+        patient_ref,
+        status,
+        released,
+    }))
 }
 
 /// An API error: status and a one-line message (never message content).

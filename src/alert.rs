@@ -78,6 +78,8 @@ pub enum Kind {
     UpstreamStillDown,
     /// The upstream took a delivery again.
     UpstreamRecovered,
+    /// A message with a critical result (panic value) was stored: see [`CriticalAlert`].
+    CriticalResult,
 }
 
 impl Kind {
@@ -87,6 +89,7 @@ impl Kind {
             Kind::UpstreamDown => "upstream-down",
             Kind::UpstreamStillDown => "upstream-still-down",
             Kind::UpstreamRecovered => "upstream-recovered",
+            Kind::CriticalResult => "critical-result",
         }
     }
 }
@@ -112,6 +115,46 @@ pub struct Alert {
     pub time: String,
     /// The box that raised it.
     pub host: String,
+}
+
+/// The webhook payload of a critical result: ids, codes and a keyed patient hash, never the
+/// value, a name or an identifier in clear.
+#[derive(Debug, Clone, Serialize)]
+pub struct CriticalAlert {
+    /// Always [`Kind::CriticalResult`].
+    pub kind: Kind,
+    /// Always `critical`.
+    pub severity: &'static str,
+    /// Tenant.
+    pub tenant: String,
+    /// Source the message came in on.
+    pub source: String,
+    /// Queue envelope id.
+    pub envelope_id: u64,
+    /// MSH-10 (empty for ASTM and readings).
+    pub control_id: String,
+    /// The critical results.
+    pub results: Vec<CriticalResult>,
+    /// Keyed hash of the patient identifier (the audit trail's patient reference), when the
+    /// message names a patient.
+    pub patient_ref: Option<String>,
+    /// When the message was received (RFC 3339).
+    pub received_at: String,
+    /// When the alert was made (RFC 3339).
+    pub time: String,
+    /// The box that raised it.
+    pub host: String,
+}
+
+/// One critical result in a [`CriticalAlert`].
+#[derive(Debug, Clone, Serialize)]
+pub struct CriticalResult {
+    /// Test code.
+    pub code: String,
+    /// Coding system, when known.
+    pub system: Option<String>,
+    /// The flag (`HH`, `LL`, `AA`) or the configured rule (`above 6.0`).
+    pub flag: String,
 }
 
 /// Outage tracking for one upstream.
@@ -284,6 +327,65 @@ impl Alerter {
                 "upstream recovered"
             );
         }
+        self.post(&alert);
+    }
+
+    /// Logs, counts, records and POSTs a critical-result alert at once (not waiting for
+    /// anything on the forwarding side).
+    pub fn send_critical(&self, mut alert: CriticalAlert) {
+        alert.host.clone_from(&self.host);
+        self.metrics
+            .alerts
+            .get_or_create(&[
+                ("tenant", alert.tenant.clone()),
+                ("kind", Kind::CriticalResult.as_str().to_owned()),
+            ])
+            .inc();
+        self.metrics
+            .critical_results
+            .get_or_create(&[
+                ("tenant", alert.tenant.clone()),
+                ("source", alert.source.clone()),
+            ])
+            .inc();
+        let codes: Vec<String> = alert
+            .results
+            .iter()
+            .map(|r| format!("{} {}", r.code, r.flag))
+            .collect();
+        tracing::error!(
+            alert = Kind::CriticalResult.as_str(),
+            tenant = %alert.tenant,
+            source = %alert.source,
+            envelope = alert.envelope_id,
+            control_id = %alert.control_id,
+            results = %codes.join(", "),
+            patient_ref = alert.patient_ref.as_deref().unwrap_or("-"),
+            "critical result received"
+        );
+        self.post(&alert);
+        self.audit.record(
+            crate::audit::Action::AlertRaised,
+            crate::audit::ActorKind::System,
+            crate::audit::Purpose::Treatment,
+            crate::audit::Event {
+                tenant: Some(&alert.tenant),
+                actor: "caregate",
+                message_type: Some(Kind::CriticalResult.as_str()),
+                control_id: (!alert.control_id.is_empty()).then_some(alert.control_id.as_str()),
+                envelope_id: Some(alert.envelope_id),
+                ..crate::audit::Event::default()
+            },
+        );
+    }
+
+    /// Keyed hash of a patient identifier `system|value` (the audit trail's key), when the
+    /// trail is on.
+    pub fn patient_ref(&self, system_value: &str) -> Option<String> {
+        self.audit.patient_ref(system_value).map(|r| r.to_string())
+    }
+
+    fn post<T: Serialize + Clone + Send + Sync + 'static>(&self, alert: &T) {
         for (hook, http) in &self.hooks {
             let (hook, http, alert) = (hook.clone(), http.clone(), alert.clone());
             let metrics = self.metrics.clone();

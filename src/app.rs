@@ -116,6 +116,10 @@ pub async fn start_with_queue(
         .with_context(|| format!("binding the admin listener on {}", config.admin.listen))?;
     let admin = admin_listener.local_addr().unwrap_or(config.admin.listen);
 
+    let notifier = Arc::new(crate::critical::Notifier::new(config));
+    let consent = Arc::new(
+        crate::consent::Registry::open(&config.data_dir).context("opening the consent registry")?,
+    );
     let mut listeners = Vec::new();
     let mut mqtt_sources = Vec::new();
     let mut modbus_sources = Vec::new();
@@ -135,7 +139,8 @@ pub async fn start_with_queue(
                     metrics.clone(),
                 )
                 .await
-                .with_context(|| format!("starting source {}", source.name))?;
+                .with_context(|| format!("starting source {}", source.name))?
+                .with_critical(notifier.clone());
                 listeners.push((source.name.clone(), Started::Mllp(l)));
             }
             SourceKind::MllpSerial(m) => {
@@ -145,7 +150,8 @@ pub async fn start_with_queue(
                     m,
                     queue.clone(),
                     metrics.clone(),
-                );
+                )
+                .with_critical(notifier.clone());
                 listeners.push((source.name.clone(), Started::MllpSerial(s)));
             }
             SourceKind::Astm(a) => {
@@ -197,6 +203,7 @@ pub async fn start_with_queue(
             .context("setting up alert webhooks")?
             .with_audit(audit.clone()),
     );
+    notifier.set_alerter(alerter.clone());
     let mut workers = Vec::new();
     for t in &config.tenants {
         let Some(up) = &t.upstream else {
@@ -214,7 +221,8 @@ pub async fn start_with_queue(
 
     let config_arc = Arc::new(config.clone());
     let admin_api = Admin::new(queue.clone(), metrics.clone(), board.clone(), config_arc)
-        .with_audit(audit.clone());
+        .with_audit(audit.clone())
+        .with_consent(consent.clone());
     let mut tasks = JoinSet::new();
     let mut names = HashMap::new();
     let (r, m, s) = (ready.clone(), metrics.clone(), trigger.subscribe());
@@ -236,6 +244,7 @@ pub async fn start_with_queue(
             board: board.clone(),
             alerter: alerter.clone(),
             audit: audit.clone(),
+            consent: consent.clone(),
         };
         let w = Worker::new(upstream, services, conversion, trigger.subscribe());
         heartbeats.push((tenant.clone(), w.heartbeat(), request_timeout));
@@ -458,6 +467,7 @@ fn conversion_of(
         source_zones,
         identifier_systems: t.identifier_systems.clone(),
         system_base: crate::convert::cli::DEFAULT_SYSTEM_BASE.to_owned(),
+        consent: t.consent,
     })
 }
 

@@ -99,6 +99,10 @@ pub struct Tenant {
     pub identifier_systems: BTreeMap<String, String>,
     /// Where this tenant's messages are forwarded (`None`: stored only).
     pub upstream: Option<crate::forward::Config>,
+    /// Critical-value rules (`[[tenant.critical]]`), beside the senders' panic flags.
+    pub critical: Vec<crate::critical::Rule>,
+    /// Consent policy (`consent = "assumed" | "required"`).
+    pub consent: crate::consent::Policy,
 }
 
 /// One `[[source]]`.
@@ -226,6 +230,10 @@ struct RawTenant {
     #[serde(default)]
     identifier_systems: BTreeMap<String, String>,
     upstream: Option<crate::forward::RawConfig>,
+    #[serde(default)]
+    critical: Vec<crate::critical::RawRule>,
+    #[serde(default)]
+    consent: crate::consent::Policy,
 }
 
 #[derive(Debug)]
@@ -533,11 +541,20 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<(String, String)>) -
                 None
             }
         };
+        let mut critical = Vec::new();
+        for (j, r) in t.critical.into_iter().enumerate() {
+            match r.validate() {
+                Ok(r) => critical.push(r),
+                Err((k, m)) => problems.push((format!("tenant[{i}].critical[{j}].{k}"), m)),
+            }
+        }
         tenants.push(Tenant {
             id: t.id,
             timezone: t.timezone,
             identifier_systems: t.identifier_systems,
             upstream,
+            critical,
+            consent: t.consent,
         });
     }
 

@@ -90,6 +90,10 @@ pub struct Metrics {
     pub alert_active: Family<Two, Gauge>,
     /// Alerts that no webhook took after retries.
     pub webhook_failures: Counter,
+    /// Messages stored with at least one critical result, per tenant and source.
+    pub critical_results: Family<Two, Counter>,
+    /// Messages held for consent, per tenant.
+    pub consent_held: Family<ByTenant, Counter>,
     /// Operator actions (replay, purge) per tenant and action.
     pub operator_actions: Family<Two, Counter>,
     /// Modbus poll cycles started, per source.
@@ -144,6 +148,8 @@ impl Metrics {
             alerts: Family::default(),
             alert_active: Family::default(),
             webhook_failures: Counter::default(),
+            critical_results: Family::default(),
+            consent_held: Family::default(),
             operator_actions: Family::default(),
             modbus_polls: Family::default(),
             modbus_timeouts: Family::default(),
@@ -263,6 +269,16 @@ impl Metrics {
             m.oldest_ready_seconds.clone(),
         );
         registry.register("alerts", "alerts raised, by kind", m.alerts.clone());
+        registry.register(
+            "critical_results",
+            "messages stored with a critical result (alerted at once)",
+            m.critical_results.clone(),
+        );
+        registry.register(
+            "consent_held",
+            "messages held because the patient's consent is withdrawn or missing",
+            m.consent_held.clone(),
+        );
         registry.register(
             "alert_active",
             "1 while an alert is active",

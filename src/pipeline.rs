@@ -55,6 +55,8 @@ pub struct Conversion {
     pub identifier_systems: BTreeMap<String, String>,
     /// Base of caregate-minted systems.
     pub system_base: String,
+    /// The tenant's consent policy.
+    pub consent: crate::consent::Policy,
 }
 
 /// Everything a tenant's worker uses.
@@ -74,6 +76,7 @@ pub struct Worker {
     /// they do. All are awaited before leases are released, so nothing is leased twice.
     acks: Vec<tokio::task::JoinHandle<()>>,
     audit: crate::audit::Recorder,
+    consent: Arc<crate::consent::Registry>,
 }
 
 /// Seconds since the Unix epoch, for heartbeats.
@@ -130,6 +133,8 @@ pub struct Services {
     pub alerter: Arc<Alerter>,
     /// Audit trail.
     pub audit: crate::audit::Recorder,
+    /// Consent registry.
+    pub consent: Arc<crate::consent::Registry>,
 }
 
 impl Worker {
@@ -146,6 +151,7 @@ impl Worker {
             board,
             alerter,
             audit,
+            consent,
         } = services;
         let c = upstream.config();
         let breaker = Breaker::new(c.breaker_failures, c.breaker_open_for, c.retry_max);
@@ -170,6 +176,7 @@ impl Worker {
             heartbeat: Arc::new(std::sync::atomic::AtomicI64::new(epoch_seconds())),
             acks: Vec::new(),
             audit,
+            consent,
         }
     }
 
@@ -284,7 +291,17 @@ impl Worker {
             match item {
                 Ok((p, report)) => {
                     self.count_report(&p.source, &report);
-                    ready.push(p);
+                    let decision = self.consent.decide(
+                        self.tenant(),
+                        self.conversion.consent,
+                        p.patient.as_deref(),
+                    );
+                    match decision {
+                        crate::consent::Decision::Forward => ready.push(p),
+                        crate::consent::Decision::Hold { patient_ref, why } => {
+                            self.hold(&p, &patient_ref, why).await?;
+                        }
+                    }
                 }
                 Err(failed) => self.conversion_failed(failed).await?,
             }
@@ -354,6 +371,60 @@ impl Worker {
         })
         .to_string();
         self.dead_letter(failed.id, &failed.source, reason).await
+    }
+
+    /// Parks a message whose patient has no consent to forward (audit `consent-held`). Checks
+    /// again after the park: a reinstatement that raced with it releases the message here.
+    async fn hold(&mut self, p: &Prepared, patient_ref: &str, why: &str) -> Result<(), Stopped> {
+        let tenant = self.tenant().to_owned();
+        let reason = serde_json::json!({
+            "stage": "consent",
+            "consent": why,
+            "patient_ref": patient_ref,
+            "time": now_text(),
+        })
+        .to_string();
+        loop {
+            match self
+                .queue
+                .park(&tenant, p.id, Parked::Held, reason.clone())
+                .await
+            {
+                Ok(()) => break,
+                Err(crate::queue::Error::NotFound { .. }) => return Ok(()),
+                Err(e) => {
+                    tracing::error!(tenant = %tenant, envelope = p.id, error = %e, "holding a message failed; retrying");
+                    self.sleep(Duration::from_secs(1)).await?;
+                }
+            }
+        }
+        tracing::info!(tenant = %tenant, source = %p.source, envelope = p.id, control_id = %p.control_id,
+            consent = why, "message held: no consent to forward");
+        self.metrics
+            .consent_held
+            .get_or_create(&Metrics::tenant(&tenant))
+            .inc();
+        self.audit.record(
+            crate::audit::Action::ConsentHeld,
+            crate::audit::ActorKind::System,
+            crate::audit::Purpose::Treatment,
+            crate::audit::Event {
+                tenant: Some(&tenant),
+                actor: "caregate",
+                message_type: Some(&p.message_type),
+                control_id: Some(&p.control_id),
+                envelope_id: Some(p.id),
+                patient: p.patient.as_deref(),
+                ..crate::audit::Event::default()
+            },
+        );
+        let now = self
+            .consent
+            .decide(&tenant, self.conversion.consent, p.patient.as_deref());
+        if now == crate::consent::Decision::Forward {
+            release_held(&self.queue, &self.audit, &tenant, &[p.id], "caregate").await;
+        }
+        Ok(())
     }
 
     async fn dead_letter(&mut self, id: u64, source: &str, reason: String) -> Result<(), Stopped> {
@@ -794,6 +865,42 @@ fn prepare(c: &Conversion, env: Envelope) -> Prepare {
         },
         converted.report,
     ))
+}
+
+/// Returns held envelopes to the ready queue in id order (their original order), recording
+/// `consent-released` for each; returns the ids released.
+pub async fn release_held(
+    queue: &Queue,
+    audit: &crate::audit::Recorder,
+    tenant: &str,
+    ids: &[u64],
+    actor: &str,
+) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    let mut done = Vec::new();
+    for id in ids {
+        match queue.unpark(tenant, id).await {
+            Ok(()) => {
+                audit.record(
+                    crate::audit::Action::ConsentReleased,
+                    crate::audit::ActorKind::System,
+                    crate::audit::Purpose::Treatment,
+                    crate::audit::Event {
+                        tenant: Some(tenant),
+                        actor,
+                        envelope_id: Some(id),
+                        ..crate::audit::Event::default()
+                    },
+                );
+                done.push(id);
+            }
+            Err(e) => {
+                tracing::error!(tenant, envelope = id, error = %e, "releasing a held message failed");
+            }
+        }
+    }
+    done
 }
 
 /// One transaction Bundle from several messages' entries, in message order. An entry whose

@@ -61,6 +61,8 @@ struct Ctx {
     ack_ids: AckIds,
     /// Per-source metric handles, looked up once instead of per message.
     hot: HotMetrics,
+    /// Critical-value rules and alerting (none: nothing is classified).
+    critical: Option<Arc<crate::critical::Notifier>>,
 }
 
 struct HotMetrics {
@@ -151,8 +153,18 @@ impl Listener {
                 hot: HotMetrics::new(&metrics, source),
                 metrics,
                 ack_ids: AckIds::new(),
+                critical: None,
             }),
         })
+    }
+
+    /// Classifies every stored message: critical ones go in the critical lane and raise an
+    /// alert right after their commit.
+    pub fn with_critical(mut self, notifier: Arc<crate::critical::Notifier>) -> Listener {
+        if let Some(ctx) = Arc::get_mut(&mut self.ctx) {
+            ctx.critical = Some(notifier);
+        }
+        self
     }
 
     /// The bound address (useful with port 0).
@@ -275,8 +287,17 @@ impl SerialSource {
                 hot: HotMetrics::new(&metrics, source),
                 metrics,
                 ack_ids: AckIds::new(),
+                critical: None,
             }),
         }
+    }
+
+    /// See [`Listener::with_critical`].
+    pub fn with_critical(mut self, notifier: Arc<crate::critical::Notifier>) -> SerialSource {
+        if let Some(ctx) = Arc::get_mut(&mut self.ctx) {
+            ctx.critical = Some(notifier);
+        }
+        self
     }
 
     /// Serves the line until shutdown, reopening it whenever it is lost.
@@ -479,6 +500,10 @@ fn check<'a>(ctx: &Ctx, text: &'a str) -> Result<Checked<'a>, Box<(Inbound<'a>, 
     Ok(Checked { inbound, meta })
 }
 
+fn classify(text: &str, rules: &[crate::critical::Rule]) -> crate::critical::Critical {
+    crate::critical::classify_hl7(text, rules)
+}
+
 fn problem_of(e: &hl7::Error) -> Problem {
     let mut p = Problem::new(e.hl7_code(), e.to_string());
     p.location = e.location();
@@ -627,7 +652,14 @@ async fn handle_message(
         }
         Ok(c) => {
             let control_id = c.meta.control_id.clone();
-            let item = new_envelope(ctx, peer, received_at_us, c.meta, frame.clone());
+            let mut item = new_envelope(ctx, peer, received_at_us, c.meta, frame.clone());
+            let found = ctx.critical.as_ref().and_then(|n| {
+                let found = classify(&text, n.rules(&ctx.tenant));
+                found.is_critical().then_some((n, found))
+            });
+            if found.is_some() {
+                item.lane = Lane::Critical;
+            }
             let outcome = match ctx.queue.push(item).await {
                 Ok(p) if p.duplicate => {
                     ctx.hot.duplicates.inc();
@@ -637,6 +669,18 @@ async fn handle_message(
                 }
                 Ok(p) => {
                     tracing::debug!(source = %ctx.source, %peer, envelope_id = p.id, control_id = %short(&control_id), "stored");
+                    if let Some((n, found)) = &found {
+                        n.raise(
+                            crate::critical::Stored {
+                                tenant: &ctx.tenant,
+                                source: &ctx.source,
+                                envelope_id: p.id,
+                                control_id: &control_id,
+                                received_at_us,
+                            },
+                            found,
+                        );
+                    }
                     Outcome::Stored
                 }
                 Err(e) => {

@@ -16,7 +16,7 @@ use crate::support::fhir_server::{Fault, FhirServer, Options};
 use crate::support::{Gateway, Pki, code, pki};
 
 /// A lab result with two OBX for patient `mrn` (synthetic).
-fn lab(control: &str, mrn: &str, glucose: u32) -> Vec<u8> {
+pub(crate) fn lab(control: &str, mrn: &str, glucose: u32) -> Vec<u8> {
     format!(
         "MSH|^~\\&|LABSYS|MAINLAB|CAREGATE|HOSP|20240105103000+0100||ORU^R01^ORU_R01|{control}|P|2.5.1\r\
          PID|1||{mrn}^^^NORTH-MRN^MR||DOE^JANE||19800101|F\r\
@@ -30,7 +30,7 @@ fn lab(control: &str, mrn: &str, glucose: u32) -> Vec<u8> {
 const OBS_PER_MESSAGE: u64 = 2;
 
 /// Observation ids caregate derives for `msg` from tenant `tenant`, source `source`.
-fn observation_ids(tenant: &str, source: &str, msg: &[u8]) -> Vec<String> {
+pub(crate) fn observation_ids(tenant: &str, source: &str, msg: &[u8]) -> Vec<String> {
     let zone = jiff::tz::TimeZone::get("America/Chicago").unwrap();
     let systems = Default::default();
     let ctx = Context {
@@ -52,12 +52,12 @@ fn observation_ids(tenant: &str, source: &str, msg: &[u8]) -> Vec<String> {
 }
 
 /// Collects webhook POSTs.
-struct Hook {
-    url: String,
-    got: Arc<Mutex<Vec<Value>>>,
+pub(crate) struct Hook {
+    pub(crate) url: String,
+    pub(crate) got: Arc<Mutex<Vec<Value>>>,
 }
 
-async fn webhook() -> Hook {
+pub(crate) async fn webhook() -> Hook {
     use axum::routing::post;
     let got: Arc<Mutex<Vec<Value>>> = Arc::default();
     let g = got.clone();
@@ -88,14 +88,19 @@ impl Hook {
     }
 }
 
-struct Tenant<'a> {
-    id: &'a str,
-    source: &'a str,
-    server: &'a FhirServer,
-    extra: &'a str,
+pub(crate) struct Tenant<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) source: &'a str,
+    pub(crate) server: &'a FhirServer,
+    pub(crate) extra: &'a str,
 }
 
-fn config(dir: &std::path::Path, pki: &Pki, tenants: &[Tenant<'_>], hook: Option<&str>) -> String {
+pub(crate) fn config(
+    dir: &std::path::Path,
+    pki: &Pki,
+    tenants: &[Tenant<'_>],
+    hook: Option<&str>,
+) -> String {
     let mut text = format!(
         "data_dir = \"{}\"\nshutdown_timeout = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
         dir.join("data").display(),
@@ -136,20 +141,20 @@ batch_messages = 8
     text
 }
 
-async fn start(pki: &Pki, tenants: &[Tenant<'_>], hook: Option<&str>) -> Gateway {
+pub(crate) async fn start(pki: &Pki, tenants: &[Tenant<'_>], hook: Option<&str>) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let text = config(dir.path(), pki, tenants, hook);
     Gateway::start_text(dir, &text).await
 }
 
-async fn client_for(g: &Gateway, source: &str) -> Client {
+pub(crate) async fn client_for(g: &Gateway, source: &str) -> Client {
     let addr = g.running().mllp_addr(source).unwrap();
     Client::connect(&addr.to_string(), Duration::from_secs(10))
         .await
         .unwrap()
 }
 
-async fn send_all(c: &mut Client, msgs: &[Vec<u8>]) {
+pub(crate) async fn send_all(c: &mut Client, msgs: &[Vec<u8>]) {
     for m in msgs {
         let reply = c.send(m).await.unwrap();
         assert_eq!(code(&reply), "AA");
@@ -157,7 +162,7 @@ async fn send_all(c: &mut Client, msgs: &[Vec<u8>]) {
 }
 
 /// Polls `f` every 50 ms until it holds or `secs` pass.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+pub(crate) async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -181,7 +186,7 @@ fn metric(text: &str, prefix: &str) -> f64 {
 
 /// Message indexes in the order their Observations first reached the server in a committed
 /// transaction.
-async fn delivery_order(server: &FhirServer, ids: &[Vec<String>]) -> Vec<usize> {
+pub(crate) async fn delivery_order(server: &FhirServer, ids: &[Vec<String>]) -> Vec<usize> {
     let owner: HashMap<&str, usize> = ids
         .iter()
         .enumerate()

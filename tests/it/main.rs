@@ -10,6 +10,7 @@ mod admin_roles; // operator API roles over real HTTP: the role x endpoint x ten
 mod astm; // ASTM E1381 link (simulated analyzer, faults, virtual clock) + E1394 parse + FHIR goldens; corpus replay
 mod astm_serial; // ASTM over a real pty (astm, mllp-serial, probe) and loopback TCP through the whole gateway
 mod audit; // audit trail: tamper evidence with file/line, crash recovery, rotation/compression/retention, export
+mod clinical; // critical results (critical lane, alert within 1 s while the upstream is down) and consent holds
 mod convert; // HL7 v2 → FHIR golden Bundles, idempotency, report invariants
 mod convert_conformance; // corpus ORU/ADT → FHIR: converts, validates (Node @medplum), compares with other converters
 mod corpus_mllp; // every corpus message over MLLP: AA for well-formed, never AA otherwise

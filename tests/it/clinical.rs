@@ -1,0 +1,245 @@
+//! Critical results and consent, end to end against the real FHIR server: a panic value is
+//! alerted within a second of receipt while the upstream is down and jumps its tenant's
+//! backlog; a withdrawn patient's results are held until reinstated, `required` holds everyone
+//! without a consent on file.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::forward::{
+    Tenant, client_for, delivery_order, eventually, lab, observation_ids, send_all, start, webhook,
+};
+use crate::support::fhir_server::{Fault, FhirServer, Options};
+use crate::support::{Gateway, pki};
+
+/// A potassium result flagged HH for `mrn` (synthetic).
+fn critical_potassium(control: &str, mrn: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|LABSYS|MAINLAB|CAREGATE|HOSP|20240105103000+0100||ORU^R01^ORU_R01|{control}|P|2.5.1\r\
+         PID|1||{mrn}^^^NORTH-MRN^MR||CANARYNAME^JANE||19800101|F\r\
+         OBR|1||ORD-{control}|24323-8^Metabolic panel^LN|||20240105100000\r\
+         OBX|1|NM|2823-3^Potassium^LN||7.93|mmol/L|3.5-5.1|HH|||F\r"
+    )
+    .into_bytes()
+}
+
+async fn post_consent(g: &Gateway, tenant: &str, value: &str, status: &str) -> Value {
+    let url = format!("http://{}/consent/{tenant}", g.running().admin);
+    let r = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(crate::support::ADMIN_TOKEN)
+        .json(&serde_json::json!({"system": "urn:caregate:north:identifiers:NORTH-MRN", "value": value, "status": status}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json().await.unwrap()
+}
+
+fn audit_text(g: &Gateway, tenant: &str) -> String {
+    let entries: Vec<_> = caregate::audit::export(
+        &g.config.audit.dir,
+        &caregate::audit::Tenant::parse(tenant).unwrap(),
+        None,
+        None,
+    )
+    .unwrap()
+    .map(Result::unwrap)
+    .collect();
+    format!("{entries:?}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_result_alerts_at_once_while_the_upstream_is_down_and_jumps_the_backlog() {
+    let pki = pki();
+    let Some(server) = FhirServer::start(&pki, Options::default()).await else {
+        return;
+    };
+    server.set_fault(Fault::Refuse).await;
+    let hook = webhook().await;
+    let g = start(
+        &pki,
+        &[Tenant {
+            id: "north",
+            source: "lab",
+            server: &server,
+            extra: "",
+        }],
+        Some(&hook.url),
+    )
+    .await;
+    let mut c = client_for(&g, "lab").await;
+    let backlog: Vec<Vec<u8>> = (0..50)
+        .map(|i| lab(&format!("BK{i:03}"), &format!("MRN{}", i % 5), 90))
+        .collect();
+    send_all(&mut c, &backlog).await;
+
+    let crit = critical_potassium("CRIT1", "CANARY-MRN-77");
+    let sent = Instant::now();
+    send_all(&mut c, std::slice::from_ref(&crit)).await;
+    let mut alert = None;
+    while sent.elapsed() < Duration::from_secs(10) {
+        alert = hook
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|v| v["kind"] == "critical-result")
+            .cloned();
+        if alert.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = sent.elapsed();
+    let alert = alert.expect("critical-result alert on the webhook");
+    eprintln!("receipt-to-alert (send of the frame to webhook POST seen): {took:?}");
+    assert!(took < Duration::from_secs(5), "sanity bound: {took:?}");
+    assert_eq!(alert["tenant"], "north");
+    assert_eq!(alert["source"], "lab");
+    assert_eq!(alert["control_id"], "CRIT1");
+    assert_eq!(alert["results"][0]["code"], "2823-3");
+    assert_eq!(alert["results"][0]["flag"], "HH");
+    assert!(alert["patient_ref"].as_str().is_some_and(|p| p.len() >= 32));
+    let text = alert.to_string();
+    for canary in ["7.93", "CANARYNAME", "CANARY-MRN-77", "JANE", "19800101"] {
+        assert!(!text.contains(canary), "{canary} in {text}");
+    }
+    let id = alert["envelope_id"].as_u64().unwrap();
+    let env = g.queue().get("north", id).unwrap().unwrap();
+    assert_eq!(env.lane, caregate::envelope::Lane::Critical);
+    assert!(
+        g.metrics_text()
+            .contains("caregate_critical_results_total{tenant=\"north\",source=\"lab\"} 1")
+    );
+
+    // Upstream back: the critical message goes before the 50 waiting.
+    server.set_fault(Fault::None).await;
+    let mut ids: Vec<Vec<String>> = backlog
+        .iter()
+        .map(|m| observation_ids("north", "lab", m))
+        .collect();
+    ids.push(observation_ids("north", "lab", &crit));
+    eventually(30, "everything delivered", || async {
+        delivery_order(&server, &ids).await.len() == ids.len()
+    })
+    .await;
+    let order = delivery_order(&server, &ids).await;
+    // The request already in flight when it arrived (leased before it, retried while the
+    // upstream was down) may go first: at most one batch (batch_messages = 8).
+    let at = order.iter().position(|&i| i == 50).unwrap();
+    eprintln!("critical delivered at position {at} of {}", order.len());
+    assert!(at <= 8, "critical ahead of the backlog: {order:?}");
+    assert!(audit_text(&g, "north").contains("AlertRaised"));
+    g.stop().await;
+}
+
+async fn delivered_patients(server: &FhirServer) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in server.requests().await {
+        if r.method == "POST" && r.status == 200 {
+            for t in &r.touched {
+                out.push(t.clone());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_patient_is_held_until_reinstated_and_required_holds_everyone() {
+    let pki = pki();
+    let Some(server) = FhirServer::start(&pki, Options::default()).await else {
+        return;
+    };
+    let g = start(
+        &pki,
+        &[Tenant {
+            id: "north",
+            source: "lab",
+            server: &server,
+            extra: "",
+        }],
+        None,
+    )
+    .await;
+    let done = post_consent(&g, "north", "PATX", "withdrawn").await;
+    assert!(done["released"].as_array().unwrap().is_empty());
+    let mut c = client_for(&g, "lab").await;
+    let x1 = lab("X1", "PATX", 90);
+    let y1 = lab("Y1", "PATY", 91);
+    let x2 = lab("X2", "PATX", 92);
+    send_all(&mut c, &[x1.clone(), y1.clone(), x2.clone()]).await;
+    let (xi1, yi, xi2) = (
+        observation_ids("north", "lab", &x1),
+        observation_ids("north", "lab", &y1),
+        observation_ids("north", "lab", &x2),
+    );
+    let ids = vec![xi1, yi, xi2];
+    eventually(20, "Y delivered and both X held", || async {
+        let held = g
+            .queue()
+            .parked(Some("north"))
+            .unwrap()
+            .iter()
+            .filter(|p| p.state == caregate::queue::Parked::Held)
+            .count();
+        delivery_order(&server, &ids).await == vec![1] && held == 2
+    })
+    .await;
+    assert!(
+        !delivered_patients(&server)
+            .await
+            .iter()
+            .any(|t| t.contains("PATX"))
+    );
+    let done = post_consent(&g, "north", "PATX", "active").await;
+    assert_eq!(done["released"].as_array().unwrap().len(), 2);
+    eventually(20, "X delivered after reinstatement, in order", || async {
+        delivery_order(&server, &ids).await == vec![1, 0, 2]
+    })
+    .await;
+    assert!(g.queue().parked(Some("north")).unwrap().is_empty());
+    let audit = audit_text(&g, "north");
+    assert!(audit.contains("ConsentHeld") && audit.contains("ConsentReleased"));
+    g.stop().await;
+
+    // consent = "required": nobody without a consent on file.
+    server.reset().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = crate::forward::config(
+        dir.path(),
+        &pki,
+        &[Tenant {
+            id: "north",
+            source: "lab",
+            server: &server,
+            extra: "",
+        }],
+        None,
+    )
+    .replacen(
+        "timezone = \"America/Chicago\"\n",
+        "timezone = \"America/Chicago\"\nconsent = \"required\"\n",
+        1,
+    );
+    let g = Gateway::start_text(dir, &text).await;
+    let mut c = client_for(&g, "lab").await;
+    send_all(&mut c, &[x1.clone(), y1.clone()]).await;
+    eventually(20, "both held under required", || async {
+        g.queue().parked(Some("north")).unwrap().len() == 2
+    })
+    .await;
+    assert!(delivery_order(&server, &ids).await.is_empty());
+    let done = post_consent(&g, "north", "PATY", "active").await;
+    assert_eq!(done["released"].as_array().unwrap().len(), 1);
+    eventually(20, "Y delivered once its consent is on file", || async {
+        delivery_order(&server, &ids).await == vec![1]
+    })
+    .await;
+    assert_eq!(g.queue().parked(Some("north")).unwrap().len(), 1);
+    g.stop().await;
+}
