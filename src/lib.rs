@@ -63,6 +63,9 @@
 //!   [`status`]: what status shows; [`page`]: the HTML status page on `GET /`; [`ops`]: the
 //!   CLI side of them; [`metrics`]: every metric.
 //! - [`audit`]: the append-only audit trail (hash-chained, signed, never patient data).
+//! - [`access`]: admin API tokens (hashed at rest) and the role decision table.
+//! - [`critical`]: critical results (flags, per-code thresholds) → critical lane + alert.
+//! - [`consent`]: per-tenant consent registry (keyed hashes); withdrawn patients are held.
 //! - [`shutdown`]: shutdown signalling; [`cli`]: the command line.
 //! - [`systemd`]: `READY=1`, `STATUS=`, `STOPPING=1`, `WATCHDOG=1` for the service manager.
 
