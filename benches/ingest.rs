@@ -360,9 +360,14 @@ fn run_one(
     let admin = format!("127.0.0.1:{}", free_port()?);
     let config = dir.path().join("caregate.toml");
     // max_connections leaves room for the requested connections; the rest is the default config.
+    // A system-admin token for `caregate queue stats` (the operator API needs one).
+    let token_file = dir.path().join("cli.token");
+    std::fs::write(&token_file, BENCH_TOKEN).map_err(|e| format!("writing the token: {e}"))?;
+    let hash = caregate::access::to_hex(&caregate::access::hash(BENCH_TOKEN));
     let text = format!(
         "data_dir = \"{data}\"\n\
          [admin]\nlisten = \"{admin}\"\n\
+         [[admin.token]]\nname = \"bench\"\nrole = \"system-admin\"\nhash = \"{hash}\"\n\
          [[tenant]]\nid = \"bench\"\n\
          [[source]]\nname = \"bench\"\ntenant = \"bench\"\nkind = \"mllp\"\nlisten = \"{mllp}\"\n\
          max_connections = {max}\n",
@@ -597,11 +602,15 @@ fn commit_stats(admin: &str) -> Option<(u64, f64)> {
     ))
 }
 
+/// The operator token the benchmark's config accepts (a throwaway, not a secret).
+const BENCH_TOKEN: &str = "bench-token-not-a-secret";
+
 /// `caregate queue stats --config X --json` → total_messages.
 fn queue_total(bin: &Path, config: &Path) -> Result<u64, String> {
     let out = Command::new(bin)
         .args(["queue", "stats", "--json", "--config"])
         .arg(config)
+        .env("CAREGATE_TOKEN_FILE", config.with_file_name("cli.token"))
         .output()
         .map_err(|e| format!("running queue stats: {e}"))?;
     if !out.status.success() {
