@@ -87,7 +87,12 @@ pub fn parse(text: &str) -> Result<Dtm<'_>, Error> {
         Some((d, f)) => (d, f),
         None => (body, ""),
     };
-    if !frac.bytes().all(|b| b.is_ascii_digit()) || (body.contains('.') && frac.is_empty()) {
+    // Digits only before any slicing below: a multi-byte character would put a slice boundary
+    // inside it (a panic found by fuzzing, see the test `non_ascii_never_panics`).
+    if !digits.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || (body.contains('.') && frac.is_empty())
+    {
         return Err(Error::Syntax);
     }
     let precision = match digits.len() {
@@ -120,7 +125,7 @@ pub fn parse(text: &str) -> Result<Dtm<'_>, Error> {
         Some(o) => {
             let sign = if o.starts_with('-') { -1 } else { 1 };
             let d = &o[1..];
-            if d.len() != 4 {
+            if d.len() != 4 || !d.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(Error::Syntax);
             }
             let h = num(&d[..2]).ok_or(Error::Syntax)?;
@@ -278,6 +283,17 @@ mod tests {
 
     fn dt(s: &str) -> String {
         parse(s).expect("valid").to_date_time(&berlin()).text
+    }
+
+    #[test]
+    fn non_ascii_never_panics() {
+        // Minimised from a fuzz crash (tests/fuzz, convert_astm): a Latin-1 byte decoded to a
+        // two-byte character inside the digits made `digits[6..8]` slice inside it.
+        assert_eq!(parse("1970010\u{cf}M"), Err(Error::Syntax));
+        assert_eq!(parse("1970010\u{cf}"), Err(Error::Syntax));
+        // The same in the offset: `d[..2]` inside a character.
+        assert_eq!(parse("20240105+1\u{cf}2"), Err(Error::Syntax));
+        assert_eq!(parse("2024\u{e9}"), Err(Error::Syntax));
     }
 
     #[test]
