@@ -163,7 +163,8 @@ pub async fn start_with_queue(
                     metrics.clone(),
                 )
                 .await
-                .with_context(|| format!("starting source {}", source.name))?;
+                .with_context(|| format!("starting source {}", source.name))?
+                .with_critical(notifier.clone());
                 listeners.push((source.name.clone(), Started::Astm(s)));
             }
             SourceKind::File(f) => {

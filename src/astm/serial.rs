@@ -67,6 +67,8 @@ pub struct Ctx {
     pub queue: Queue,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Critical results: classified before storing, alerted right after the commit.
+    pub critical: Option<Arc<crate::critical::Notifier>>,
 }
 
 /// Why a session ended.
@@ -213,13 +215,23 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::
 async fn store(ctx: &Ctx, peer: &str, text: Vec<u8>) -> bool {
     let control_id = control_id(&text);
     let sender = sender_name(&text).unwrap_or_default();
+    let received_at_us = jiff::Timestamp::now().as_microsecond();
+    let found = ctx.critical.as_ref().and_then(|n| {
+        let found =
+            crate::critical::classify_astm(&String::from_utf8_lossy(&text), n.rules(&ctx.tenant));
+        found.is_critical().then_some((n, found))
+    });
     let item = NewEnvelope {
         tenant: ctx.tenant.clone(),
         source: ctx.source.clone(),
-        received_at_us: jiff::Timestamp::now().as_microsecond(),
+        received_at_us,
         peer: peer.to_owned(),
         kind: Kind::Astm,
-        lane: Lane::Normal,
+        lane: if found.is_some() {
+            Lane::Critical
+        } else {
+            Lane::Normal
+        },
         meta: Meta {
             control_id: control_id.clone(),
             message_type: "ASTM".into(),
@@ -245,6 +257,18 @@ async fn store(ctx: &Ctx, peer: &str, text: Vec<u8>) -> bool {
                     "resend of a stored message acknowledged again");
             } else {
                 tracing::debug!(source = %ctx.source, peer, envelope_id = p.id, control_id = %control_id, "stored");
+                if let Some((n, found)) = &found {
+                    n.raise(
+                        crate::critical::Stored {
+                            tenant: &ctx.tenant,
+                            source: &ctx.source,
+                            envelope_id: p.id,
+                            control_id: &control_id,
+                            received_at_us,
+                        },
+                        found,
+                    );
+                }
             }
             code("ACK");
             true
@@ -297,10 +321,18 @@ impl Source {
                 link: cfg.link.clone(),
                 queue,
                 metrics,
+                critical: None,
             },
             transport: cfg.transport.clone(),
             tcp,
         })
+    }
+
+    /// Classifies every stored message: critical ones go in the critical lane and raise an
+    /// alert right after their commit.
+    pub fn with_critical(mut self, notifier: Arc<crate::critical::Notifier>) -> Source {
+        self.ctx.critical = Some(notifier);
+        self
     }
 
     /// The bound TCP address (`listen` only).
