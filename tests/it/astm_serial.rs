@@ -504,6 +504,16 @@ receive_timeout = "2s"
         server.count("Device").await >= 1,
         "the instrument as a Device"
     );
+    // The chemistry fixture flags potassium HH and sodium LL: stored in the critical lane and
+    // alerted (counted here; the webhook path is what tests/it/clinical.rs checks).
+    let text = gw.metrics_text();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("caregate_critical_results_total{tenant=\"north\",source=\"analyzer\"}")
+        })
+        .unwrap_or_else(|| panic!("no critical result counted: {text}"));
+    assert!(!line.ends_with(" 0"), "{line}");
     eprintln!(
         "astm to FHIR: {} messages over a pty, {} Observations at the server",
         messages.len(),
