@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this): installs what it needs on a fresh
 # Debian machine, then format check, clippy with warnings as errors, every test, docs, and the
-# Debian package's install test.
+# Debian package's install test and a fuzzing smoke run.
 # Usage: scripts/ci.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,4 +24,7 @@ echo "== docs";   RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 # The .deb built, linted and installed into a fresh Debian root; the installed binary run with
 # the shipped config (about 7 minutes on a 2-core machine, most of it the release build).
 echo "== install test"; scripts/install-test.sh
+# Every fuzz target for a short bounded run (ASan, cargo-fuzz on stable): fails on any crash.
+# About 11 minutes here, nearly all of it the instrumented build.
+echo "== fuzz smoke"; FUZZ_SMOKE_SECONDS=10 scripts/fuzz.sh --smoke
 echo "ci: all green"
