@@ -273,9 +273,12 @@ impl Trail {
                     .filter(|s| s.seq <= last.seq)
                     .map(|s| s.name.clone()),
             );
+            // A constant, valid by construction; an error here would only mean the Id rules
+            // changed, and then retention stops rather than panicking.
+            let actor = Id::new("retention").map_err(|e| Error::Invalid(e.0))?;
             let mut record = Record::new(
                 Tenant::System,
-                Actor::new(ActorKind::System, Id::new("retention").expect("valid id")),
+                Actor::new(ActorKind::System, actor),
                 Action::Purged,
                 Purpose::Compliance,
             );

@@ -157,9 +157,10 @@ pub(crate) fn convert(
     for (i, seg) in message.segments().iter().enumerate() {
         let index = i + 1;
         let seg = *seg;
-        let group = groups
-            .last_mut()
-            .expect("groups starts non-empty and only grows");
+        // `groups` starts with one group and only grows.
+        let Some(group) = groups.last_mut() else {
+            break;
+        };
         match seg.id() {
             "MSH" => conv.report.unmapped_fields_of(&seg, MSH_MAPPED),
             "PID" => {
@@ -194,10 +195,7 @@ pub(crate) fn convert(
             }
             "OBX" => {
                 conv.report.obx_in += 1;
-                if group.orders.is_empty() {
-                    group.orders.push(Order::default());
-                }
-                let order = group.orders.last_mut().expect("pushed above when empty");
+                let order = last_or_new(&mut group.orders);
                 let specimen =
                     current_specimen.map(|s| format!("urn:uuid:{}", conv.derive("Specimen", s)));
                 order.rows.push(Row {
@@ -224,10 +222,7 @@ pub(crate) fn convert(
                 }
             }
             "SPM" => {
-                if group.orders.is_empty() {
-                    group.orders.push(Order::default());
-                }
-                let order = group.orders.last_mut().expect("pushed above when empty");
+                let order = last_or_new(&mut group.orders);
                 order.specimens.push((index, seg));
                 current_specimen = Some(index);
                 last = Last::Other;
@@ -745,6 +740,15 @@ fn first_cc(
         );
     }
     datatype::codeable_concept(conv.ctx, f.repetition(1))
+}
+
+/// The last order of a group, opened (without an OBR) when an OBX or SPM comes first.
+fn last_or_new<'a, 'm>(orders: &'a mut Vec<Order<'m>>) -> &'a mut Order<'m> {
+    if orders.is_empty() {
+        orders.push(Order::default());
+    }
+    let last = orders.len() - 1;
+    &mut orders[last]
 }
 
 /// OBX-18 (EI) → a Device entry (conditional create by identifier); returns its fullUrl.

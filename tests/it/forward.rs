@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use caregate::convert::{self, Context};
 use caregate::mllp::client::Client;
 use serde_json::Value;
+
+pub(crate) use crate::support::eventually;
 
 use crate::support::fhir_server::{Fault, FhirServer, Options};
 use crate::support::{Gateway, Pki, code, pki};
@@ -28,28 +29,6 @@ pub(crate) fn lab(control: &str, mrn: &str, glucose: u32) -> Vec<u8> {
 }
 
 const OBS_PER_MESSAGE: u64 = 2;
-
-/// Observation ids caregate derives for `msg` from tenant `tenant`, source `source`.
-pub(crate) fn observation_ids(tenant: &str, source: &str, msg: &[u8]) -> Vec<String> {
-    let zone = jiff::tz::TimeZone::get("America/Chicago").unwrap();
-    let systems = Default::default();
-    let ctx = Context {
-        tenant,
-        source,
-        timezone: &zone,
-        identifier_systems: &systems,
-        system_base: "urn:caregate",
-    };
-    let c = convert::convert_bytes(&ctx, msg).unwrap();
-    let v: Value = serde_json::from_str(&c.bundle.to_json()).unwrap();
-    v["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["resource"]["resourceType"] == "Observation")
-        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 /// Collects webhook POSTs.
 pub(crate) struct Hook {
@@ -159,22 +138,6 @@ pub(crate) async fn send_all(c: &mut Client, msgs: &[Vec<u8>]) {
         let reply = c.send(m).await.unwrap();
         assert_eq!(code(&reply), "AA");
     }
-}
-
-/// Polls `f` every 50 ms until it holds or `secs` pass.
-pub(crate) async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < end {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 fn metric(text: &str, prefix: &str) -> f64 {
@@ -691,4 +654,9 @@ async fn oauth2_client_credentials_fetch_and_refresh_tokens() {
             .all(|r| r.auth.as_deref() == Some("Bearer"))
     );
     assert!(g.stop().await.is_empty());
+}
+
+/// Observation ids caregate derives for `msg` (the tests' tenants are in America/Chicago).
+pub(crate) fn observation_ids(tenant: &str, source: &str, msg: &[u8]) -> Vec<String> {
+    crate::support::observation_ids_in(tenant, source, "America/Chicago", msg)
 }

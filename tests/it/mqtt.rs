@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+use crate::support::eventually;
 use crate::support::fhir_server::{FhirServer, Options};
 use crate::support::{Gateway, pki};
 
@@ -219,21 +220,6 @@ keep_alive = "5s"
         data = dir.join("data").display(),
         pid = std::process::id(),
     )
-}
-
-async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < end {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 fn stored(g: &Gateway) -> usize {

@@ -333,24 +333,7 @@ fn kill_lab(control: &str, mrn: usize) -> Vec<u8> {
 }
 
 fn kill_observation_ids(msg: &[u8]) -> Vec<String> {
-    let zone = jiff::tz::TimeZone::get("UTC").unwrap();
-    let systems = Default::default();
-    let ctx = caregate::convert::Context {
-        tenant: "north",
-        source: "lab",
-        timezone: &zone,
-        identifier_systems: &systems,
-        system_base: "urn:caregate",
-    };
-    let c = caregate::convert::convert_bytes(&ctx, msg).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&c.bundle.to_json()).unwrap();
-    v["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["resource"]["resourceType"] == "Observation")
-        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
-        .collect()
+    crate::support::observation_ids_in("north", "lab", "UTC", msg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use std::time::Duration;
 use caregate::mllp::client::Client;
 use serde_json::Value;
 
+use crate::support::eventually;
 use crate::support::fhir_server::{Fault, FhirServer, Options};
 use crate::support::{Gateway, code, pki};
 
@@ -94,21 +95,6 @@ listen = "127.0.0.1:0"
         url = server.base_url(),
         ca = ca.display(),
     )
-}
-
-async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < end {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -309,3 +309,42 @@ pub fn admin_token_toml(name: &str, role: &str, tenant: Option<&str>, token: &st
         .unwrap_or_default();
     format!("[[admin.token]]\nname = \"{name}\"\nrole = \"{role}\"\n{tenant}hash = \"{hash}\"\n")
 }
+
+/// Polls `f` every 50 ms until it holds or `secs` pass.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while tokio::time::Instant::now() < end {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Observation ids caregate derives for an HL7 message of `tenant`/`source` read in `zone`
+/// (what the tests look up at the FHIR server).
+pub fn observation_ids_in(tenant: &str, source: &str, zone: &str, msg: &[u8]) -> Vec<String> {
+    let zone = jiff::tz::TimeZone::get(zone).unwrap();
+    let systems = Default::default();
+    let ctx = caregate::convert::Context {
+        tenant,
+        source,
+        timezone: &zone,
+        identifier_systems: &systems,
+        system_base: "urn:caregate",
+    };
+    let c = caregate::convert::convert_bytes(&ctx, msg).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&c.bundle.to_json()).unwrap();
+    v["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Observation")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
