@@ -290,7 +290,7 @@ impl Worker {
         for item in converted {
             match item {
                 Ok((p, report)) => {
-                    self.count_report(&p.source, &report);
+                    self.count_report(&report);
                     let decision = self.consent.decide(
                         self.tenant(),
                         self.conversion.consent,
@@ -328,22 +328,20 @@ impl Worker {
         Ok(())
     }
 
-    fn count_report(&self, source: &str, report: &convert::Report) {
-        let tenant = self.tenant();
-        let add = |kind: &str, n: usize| {
-            if n > 0 {
-                self.metrics
-                    .conversion_warnings
-                    .get_or_create(&Metrics::tenant_and(tenant, "kind", kind))
-                    .inc_by(n as u64);
-            }
-        };
+    /// Counts what a conversion degraded or left unmapped, one metric update per kind.
+    fn count_report(&self, report: &convert::Report) {
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
         for w in &report.warnings {
-            add(w.kind.as_str(), 1);
+            *kinds.entry(w.kind.as_str()).or_default() += 1;
         }
-        add("unmapped-segment", report.unmapped_segments.values().sum());
-        add("unmapped-field", report.unmapped_fields.values().sum());
-        let _ = source;
+        kinds.insert("unmapped-segment", report.unmapped_segments.values().sum());
+        kinds.insert("unmapped-field", report.unmapped_fields.values().sum());
+        for (kind, n) in kinds.into_iter().filter(|(_, n)| *n > 0) {
+            self.metrics
+                .conversion_warnings
+                .get_or_create(&Metrics::tenant_and(self.tenant(), "kind", kind))
+                .inc_by(n as u64);
+        }
     }
 
     async fn conversion_failed(&mut self, failed: Failed) -> Result<(), Stopped> {
@@ -580,7 +578,9 @@ impl Worker {
                 }
             }
         }));
+        let mut per_source: BTreeMap<&str, u64> = BTreeMap::new();
         for p in items {
+            *per_source.entry(p.source.as_str()).or_default() += 1;
             self.audit.record(
                 crate::audit::Action::Forwarded,
                 crate::audit::ActorKind::System,
@@ -596,11 +596,14 @@ impl Worker {
                     failure: None,
                 },
             );
+        }
+        // One metric and board update per source, not per message.
+        for (source, n) in per_source {
             self.metrics
                 .forwarded
-                .get_or_create(&[("tenant", tenant.clone()), ("source", p.source.clone())])
-                .inc();
-            self.board.flow(&tenant, &p.source, |f| f.forwarded += 1);
+                .get_or_create(&[("tenant", tenant.clone()), ("source", source.to_owned())])
+                .inc_by(n);
+            self.board.flow(&tenant, source, |f| f.forwarded += n);
         }
         self.server_answered();
         self.backoff.reset();
