@@ -52,8 +52,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Upstream states and flow counters.
     pub board: Arc<Board>,
-    /// Tenants and sources, as configured.
-    pub config: Arc<Config>,
+    /// Tenants, sources and tokens, as configured (a reload replaces it).
+    config: Arc<std::sync::RwLock<Arc<Config>>>,
     /// Process start.
     pub started: Instant,
     cache: Arc<Mutex<Option<CachedStats>>>,
@@ -73,12 +73,25 @@ impl Admin {
             queue,
             metrics,
             board,
-            config,
+            config: Arc::new(std::sync::RwLock::new(config)),
             started: Instant::now(),
             cache: Arc::new(Mutex::new(None)),
             audit: crate::audit::Recorder::disabled(),
             consent: None,
         }
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs a reloaded configuration (tokens, tenants and sources shown by `/status`).
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     /// Serves `/consent` from this registry.
@@ -136,11 +149,12 @@ impl Admin {
     /// The `/status` document.
     pub async fn status(&self) -> Result<Status, ApiError> {
         let stats = self.stats().await?;
+        let config = self.config();
         let mut tenants = Vec::new();
-        for t in &self.config.tenants {
+        for t in &config.tenants {
             let g = stats.tenants.iter().find(|g| g.tenant == t.id);
             let (mut forwarded, mut dead_lettered) = (0, 0);
-            for s in self.config.sources.iter().filter(|s| s.tenant == t.id) {
+            for s in config.sources.iter().filter(|s| s.tenant == t.id) {
                 let f = self.board.flow_of(&t.id, &s.name);
                 forwarded += f.forwarded;
                 dead_lettered += f.dead_lettered;
@@ -161,7 +175,7 @@ impl Admin {
             });
         }
         let mut sources = Vec::new();
-        for s in &self.config.sources {
+        for s in &config.sources {
             let g = stats
                 .sources
                 .iter()
@@ -207,7 +221,7 @@ impl Admin {
     }
 
     fn known_tenant(&self, tenant: &str) -> Result<(), ApiError> {
-        if self.config.tenant(tenant).is_some() {
+        if self.config().tenant(tenant).is_some() {
             Ok(())
         } else {
             Err(ApiError::new(StatusCode::NOT_FOUND, "unknown tenant"))
@@ -244,8 +258,8 @@ impl FromRequestParts<Admin> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match a
-            .config
+        let config = a.config();
+        match config
             .admin
             .tokens
             .authenticate(crate::access::bearer(header))
@@ -676,7 +690,7 @@ async fn audit_export(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
     };
     let (since, until) = (time(&q.since, "since")?, time(&q.until, "until")?);
-    let dir = a.config.audit.dir.clone();
+    let dir = a.config().audit.dir.clone();
     let entries = crate::audit::export(&dir, &trail_tenant, since, until)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     tracing::info!(action = "audit-export", tenant, token = %caller.name, role = %caller.role, peer = %peer, "operator action");
@@ -751,8 +765,9 @@ async fn audit_verify(
     caller: Caller,
 ) -> Result<Json<VerifyAnswer>, ApiError> {
     caller.allow(Endpoint::AuditVerify)?;
-    let dir = a.config.audit.dir.clone();
-    let key_path = a.config.audit.key_dir.join(crate::audit::PUBLIC_KEY_FILE);
+    let config = a.config();
+    let dir = config.audit.dir.clone();
+    let key_path = config.audit.key_dir.join(crate::audit::PUBLIC_KEY_FILE);
     let report = tokio::task::spawn_blocking(move || {
         let key = crate::audit::PublicKey::load(&key_path).map_err(|e| e.to_string())?;
         crate::audit::verify(&dir, &key).map_err(|e| e.to_string())

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::admin::Admin;
 use crate::alert::Alerter;
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, Source, SourceKind, Tenant};
 use crate::forward::client::Upstream;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
@@ -32,6 +33,7 @@ enum Started {
     MllpSerial(mllp::SerialSource),
     Astm(astm::serial::Source),
     File(files::Source),
+    Mqtt(Box<crate::mqtt::Source>),
 }
 
 /// Runtime switches that are not part of the pipeline description (CLI flags).
@@ -46,6 +48,32 @@ impl Default for Options {
         Options { durable: true }
     }
 }
+
+/// One running part a reload can stop on its own: its trigger (a child of the gateway's) and
+/// a signal that completes when its task has returned.
+struct Part {
+    /// What the part was started from; a reload compares it with the new file's.
+    fingerprint: String,
+    trigger: Trigger,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Part {
+    /// Stops the part and waits (at most `deadline`) for it to finish what it has in hand.
+    async fn stop(self, deadline: Duration) -> bool {
+        self.trigger.fire();
+        tokio::time::timeout(deadline, self.done).await.is_ok()
+    }
+}
+
+/// A running source.
+struct SourcePart {
+    part: Part,
+    /// The TLS files and the configuration a reload re-reads them into.
+    tls: Option<(mllp::TlsConfig, mllp::tls::TlsSwap)>,
+}
+
+type Heartbeats = Arc<std::sync::Mutex<HashMap<String, (Arc<AtomicI64>, Duration)>>>;
 
 /// A started gateway.
 pub struct Running {
@@ -63,6 +91,17 @@ pub struct Running {
     pub admin_api: Admin,
     /// The audit trail's recorder.
     pub audit: crate::audit::Recorder,
+    config: Config,
+    alerter: Arc<Alerter>,
+    consent: Arc<crate::consent::Registry>,
+    notifier: Arc<crate::critical::Notifier>,
+    admin_tls: Option<(crate::config::AdminTls, mllp::tls::TlsSwap)>,
+    sources: HashMap<String, SourcePart>,
+    /// Modbus poll loops: sources sharing a serial bus are polled by one loop, so they are
+    /// started and stopped together.
+    modbus: Vec<Part>,
+    workers: HashMap<String, Part>,
+    heartbeats: Heartbeats,
     trigger: Trigger,
     tasks: JoinSet<()>,
     names: HashMap<tokio::task::Id, String>,
@@ -98,19 +137,10 @@ pub async fn start_with_queue(
 ) -> anyhow::Result<Running> {
     let ready = Arc::new(Readiness::default());
     let (trigger, _) = shutdown::channel();
-    let admin_tls = config
-        .admin
-        .tls
-        .as_ref()
-        .map(|t| {
-            crate::mllp::tls::server_config(&crate::mllp::TlsConfig {
-                cert: t.cert.clone(),
-                key: t.key.clone(),
-                client_ca: None,
-            })
-        })
-        .transpose()
-        .context("admin.tls")?;
+    let admin_tls = match &config.admin.tls {
+        Some(t) => Some((t.clone(), mllp::tls::TlsSwap::new(admin_server_config(t)?))),
+        None => None,
+    };
     let admin_listener = health::bind(config.admin.listen)
         .await
         .with_context(|| format!("binding the admin listener on {}", config.admin.listen))?;
@@ -120,74 +150,13 @@ pub async fn start_with_queue(
     let consent = Arc::new(
         crate::consent::Registry::open(&config.data_dir).context("opening the consent registry")?,
     );
-    let mut listeners = Vec::new();
-    let mut mqtt_sources = Vec::new();
-    let mut modbus_sources = Vec::new();
+    // Every source is set up (listeners bound) before anything runs: a port in use stops the
+    // start with the source's name.
+    let mut prepared = Vec::new();
     for source in &config.sources {
-        match &source.kind {
-            // Pollers open nothing at start: an absent device is retried with backoff and
-            // must not keep the gateway (and its other sources) from starting.
-            SourceKind::Modbus(m) => {
-                modbus_sources.push((source.name.as_str(), source.tenant.as_str(), m));
-            }
-            SourceKind::Mllp(m) => {
-                let l = mllp::Listener::bind(
-                    &source.name,
-                    &source.tenant,
-                    m,
-                    queue.clone(),
-                    metrics.clone(),
-                )
-                .await
-                .with_context(|| format!("starting source {}", source.name))?
-                .with_critical(notifier.clone());
-                listeners.push((source.name.clone(), Started::Mllp(l)));
-            }
-            SourceKind::MllpSerial(m) => {
-                let s = mllp::SerialSource::new(
-                    &source.name,
-                    &source.tenant,
-                    m,
-                    queue.clone(),
-                    metrics.clone(),
-                )
-                .with_critical(notifier.clone());
-                listeners.push((source.name.clone(), Started::MllpSerial(s)));
-            }
-            SourceKind::Astm(a) => {
-                let s = astm::serial::Source::bind(
-                    &source.name,
-                    &source.tenant,
-                    a,
-                    queue.clone(),
-                    metrics.clone(),
-                )
-                .await
-                .with_context(|| format!("starting source {}", source.name))?
-                .with_critical(notifier.clone());
-                listeners.push((source.name.clone(), Started::Astm(s)));
-            }
-            SourceKind::File(f) => {
-                let s = files::Source::new(
-                    &source.name,
-                    &source.tenant,
-                    f,
-                    queue.clone(),
-                    metrics.clone(),
-                );
-                listeners.push((source.name.clone(), Started::File(s)));
-            }
-            SourceKind::Mqtt(m) => {
-                let s = crate::mqtt::Source::new(
-                    &source.name,
-                    &source.tenant,
-                    m,
-                    queue.clone(),
-                    metrics.clone(),
-                )
-                .with_context(|| format!("starting source {}", source.name))?;
-                mqtt_sources.push((source.name.clone(), s));
-            }
+        if !matches!(source.kind, SourceKind::Modbus(_)) {
+            let started = prepare_source(source, &queue, &metrics, &notifier).await?;
+            prepared.push((source, started));
         }
     }
 
@@ -207,55 +176,59 @@ pub async fn start_with_queue(
     notifier.set_alerter(alerter.clone());
     let mut workers = Vec::new();
     for t in &config.tenants {
-        let Some(up) = &t.upstream else {
-            tracing::warn!(tenant = %t.id, "tenant has no [tenant.upstream]: its messages are stored, not forwarded");
-            continue;
-        };
-        let upstream = Upstream::new(&t.id, up.clone())
-            .with_context(|| format!("setting up the upstream of tenant {}", t.id))?;
-        workers.push((
-            t.id.clone(),
-            Arc::new(upstream),
-            Arc::new(conversion_of(config, t)?),
-        ));
+        if let Some(w) = prepare_worker(config, t)? {
+            workers.push((t, w));
+        }
     }
 
-    let config_arc = Arc::new(config.clone());
-    let admin_api = Admin::new(queue.clone(), metrics.clone(), board.clone(), config_arc)
-        .with_audit(audit.clone())
-        .with_consent(consent.clone());
-    let mut tasks = JoinSet::new();
-    let mut names = HashMap::new();
-    let (r, m, s) = (ready.clone(), metrics.clone(), trigger.subscribe());
-    let h = tasks.spawn(health::run(
-        admin_listener,
+    let admin_api = Admin::new(
+        queue.clone(),
+        metrics.clone(),
+        board.clone(),
+        Arc::new(config.clone()),
+    )
+    .with_audit(audit.clone())
+    .with_consent(consent.clone());
+    let mut running = Running {
+        mllp: Vec::new(),
+        admin,
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+        board,
+        admin_api: admin_api.clone(),
+        audit: audit.clone(),
+        config: config.clone(),
+        alerter,
+        consent,
+        notifier,
         admin_tls,
+        sources: HashMap::new(),
+        modbus: Vec::new(),
+        workers: HashMap::new(),
+        heartbeats: Arc::default(),
+        trigger,
+        tasks: JoinSet::new(),
+        names: HashMap::new(),
+        deadline: config.shutdown_timeout,
+    };
+    let (r, m, s) = (ready.clone(), metrics.clone(), running.trigger.subscribe());
+    let tls = running.admin_tls.as_ref().map(|(_, swap)| swap.clone());
+    let h = running.tasks.spawn(health::run(
+        admin_listener,
+        tls,
         r,
         m,
-        admin_api.clone().router(),
+        admin_api.router(),
         s,
     ));
-    names.insert(h.id(), "admin listener".to_owned());
-    let mut heartbeats = Vec::new();
-    for (tenant, upstream, conversion) in workers {
-        let request_timeout = upstream.config().timeout;
-        let services = pipeline::Services {
-            queue: queue.clone(),
-            metrics: metrics.clone(),
-            board: board.clone(),
-            alerter: alerter.clone(),
-            audit: audit.clone(),
-            consent: consent.clone(),
-        };
-        let w = Worker::new(upstream, services, conversion, trigger.subscribe());
-        heartbeats.push((tenant.clone(), w.heartbeat(), request_timeout));
-        let h = tasks.spawn(w.run());
-        names.insert(h.id(), format!("forwarding for tenant {tenant}"));
+    running.names.insert(h.id(), "admin listener".to_owned());
+    for (t, w) in workers {
+        running.spawn_worker(t, w);
     }
     {
         // Periodic checkpoints (an idle tail gets signed) and daily compression/retention.
-        let (audit, mut shutdown) = (audit.clone(), trigger.subscribe());
-        let h = tasks.spawn(async move {
+        let (audit, mut shutdown) = (audit.clone(), running.trigger.subscribe());
+        let h = running.tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));
             let mut n = 0u64;
             loop {
@@ -278,46 +251,22 @@ pub async fn start_with_queue(
                 n += 1;
             }
         });
-        names.insert(h.id(), "audit maintenance".to_owned());
+        running.names.insert(h.id(), "audit maintenance".to_owned());
     }
     if let Some(interval) = crate::systemd::watchdog_interval() {
-        let h = tasks.spawn(watchdog(
+        let h = running.tasks.spawn(watchdog(
             interval,
             queue.clone(),
-            heartbeats,
-            trigger.subscribe(),
+            running.heartbeats.clone(),
+            running.trigger.subscribe(),
         ));
-        names.insert(h.id(), "watchdog".to_owned());
+        running.names.insert(h.id(), "watchdog".to_owned());
     }
-    let mut mllp_addrs = Vec::new();
-    let source_count = listeners.len();
-    for (name, l) in listeners {
-        let sd = trigger.subscribe();
-        let h = match l {
-            Started::Mllp(l) => {
-                mllp_addrs.push((name.clone(), l.local_addr()));
-                tasks.spawn(l.run(sd))
-            }
-            Started::MllpSerial(s) => tasks.spawn(s.run(sd)),
-            Started::Astm(s) => {
-                if let Some(a) = s.local_addr() {
-                    mllp_addrs.push((name.clone(), a));
-                }
-                tasks.spawn(s.run(sd))
-            }
-            Started::File(s) => tasks.spawn(s.run(sd)),
-        };
-        names.insert(h.id(), format!("source {name}"));
+    for (source, started) in prepared {
+        running.spawn_source(source, started);
     }
-    for (name, s) in mqtt_sources {
-        let h = tasks.spawn(s.run(trigger.subscribe()));
-        names.insert(h.id(), format!("source {name}"));
-    }
-    for bus in crate::modbus::Bus::plan(modbus_sources) {
-        let label = format!("source {}", bus.sources().join(", "));
-        let h = tasks.spawn(bus.run(queue.clone(), metrics.clone(), trigger.subscribe()));
-        names.insert(h.id(), label);
-    }
+    running.spawn_modbus();
+    let source_count = config.sources.len();
     ready.set();
     // READY=1 only once the latch is set: queue open, every listener bound, workers started.
     if let Err(e) = crate::systemd::ready() {
@@ -325,25 +274,490 @@ pub async fn start_with_queue(
     }
     let _ = crate::systemd::status(&format!("running: {source_count} sources"));
     tracing::info!(sources = source_count, admin = %admin, "caregate ready");
-    Ok(Running {
-        mllp: mllp_addrs,
-        admin,
-        queue,
-        metrics,
-        board,
-        admin_api,
-        audit,
-        trigger,
-        tasks,
-        names,
-        deadline: config.shutdown_timeout,
+    Ok(running)
+}
+
+fn admin_server_config(t: &crate::config::AdminTls) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    mllp::tls::server_config(&mllp::TlsConfig {
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+        client_ca: None,
     })
+    .context("admin.tls")
+}
+
+/// Sets up one source (binds it when it listens); nothing runs yet.
+async fn prepare_source(
+    source: &Source,
+    queue: &Queue,
+    metrics: &Arc<Metrics>,
+    notifier: &Arc<crate::critical::Notifier>,
+) -> anyhow::Result<Started> {
+    let (name, tenant) = (source.name.as_str(), source.tenant.as_str());
+    let context = || format!("starting source {name}");
+    Ok(match &source.kind {
+        SourceKind::Mllp(m) => Started::Mllp(
+            mllp::Listener::bind(name, tenant, m, queue.clone(), metrics.clone())
+                .await
+                .with_context(context)?
+                .with_critical(notifier.clone()),
+        ),
+        SourceKind::MllpSerial(m) => Started::MllpSerial(
+            mllp::SerialSource::new(name, tenant, m, queue.clone(), metrics.clone())
+                .with_critical(notifier.clone()),
+        ),
+        SourceKind::Astm(a) => Started::Astm(
+            astm::serial::Source::bind(name, tenant, a, queue.clone(), metrics.clone())
+                .await
+                .with_context(context)?
+                .with_critical(notifier.clone()),
+        ),
+        SourceKind::File(f) => Started::File(files::Source::new(
+            name,
+            tenant,
+            f,
+            queue.clone(),
+            metrics.clone(),
+        )),
+        SourceKind::Mqtt(m) => Started::Mqtt(Box::new(
+            crate::mqtt::Source::new(name, tenant, m, queue.clone(), metrics.clone())
+                .with_context(context)?,
+        )),
+        // Pollers open nothing at start: an absent device is retried with backoff and must
+        // not keep the gateway (and its other sources) from starting.
+        SourceKind::Modbus(_) => anyhow::bail!("source {name}: modbus sources start as a bus"),
+    })
+}
+
+/// A tenant's upstream client and conversion settings, or `None` when it only stores.
+fn prepare_worker(
+    config: &Config,
+    t: &Tenant,
+) -> anyhow::Result<Option<(Arc<Upstream>, Arc<pipeline::Conversion>)>> {
+    let Some(up) = &t.upstream else {
+        tracing::warn!(tenant = %t.id, "tenant has no [tenant.upstream]: its messages are stored, not forwarded");
+        return Ok(None);
+    };
+    let upstream = Upstream::new(&t.id, up.clone())
+        .with_context(|| format!("setting up the upstream of tenant {}", t.id))?;
+    Ok(Some((
+        Arc::new(upstream),
+        Arc::new(conversion_of(config, t)?),
+    )))
+}
+
+/// What a source's running task depends on: its own section and the tenant rules its
+/// critical-value check uses. `Debug` covers every field, so any edit counts as a change.
+fn source_fingerprint(config: &Config, source: &Source) -> String {
+    let rules = config
+        .tenant(&source.tenant)
+        .map(|t| format!("{:?}{:?}", t.critical, t.identifier_systems));
+    format!("{source:?}{rules:?}")
+}
+
+/// What a tenant's worker depends on: the tenant section and its sources' time zones.
+fn tenant_fingerprint(config: &Config, tenant: &Tenant) -> String {
+    let zones: Vec<_> = config
+        .sources
+        .iter()
+        .filter(|s| s.tenant == tenant.id)
+        .map(|s| (&s.name, &s.timezone))
+        .collect();
+    format!("{tenant:?}{zones:?}")
+}
+
+fn modbus_fingerprint(config: &Config) -> String {
+    let m: Vec<_> = config
+        .sources
+        .iter()
+        .filter(|s| matches!(s.kind, SourceKind::Modbus(_)))
+        .collect();
+    format!("{m:?}")
+}
+
+/// What a reload did; its `Display` is the log line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Sources started.
+    pub added: Vec<String>,
+    /// Sources stopped.
+    pub removed: Vec<String>,
+    /// Sources restarted with a changed section.
+    pub restarted: Vec<String>,
+    /// Listeners whose certificate files were read again.
+    pub tls_reloaded: Vec<String>,
+    /// Tenants whose forwarding worker was (re)started or stopped.
+    pub tenants: Vec<String>,
+    /// Changed settings that only a restart applies (the running values stay).
+    pub restart_required: Vec<&'static str>,
+    /// Parts that could not be applied, with the reason (no patient data: config errors only).
+    pub failed: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "added {:?}, removed {:?}, restarted {:?}, tls re-read {:?}, tenants {:?}",
+            self.added, self.removed, self.restarted, self.tls_reloaded, self.tenants
+        )?;
+        if !self.restart_required.is_empty() {
+            write!(f, "; needs a restart to apply: {:?}", self.restart_required)?;
+        }
+        if !self.failed.is_empty() {
+            let failed: Vec<String> = self
+                .failed
+                .iter()
+                .map(|(part, why)| format!("{part}: {why}"))
+                .collect();
+            write!(f, "; failed: {failed:?}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Running {
     /// The bound address of the named MLLP or `astm-tcp` (`listen`) source.
     pub fn mllp_addr(&self, source: &str) -> Option<SocketAddr> {
         self.mllp.iter().find(|(n, _)| n == source).map(|(_, a)| *a)
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Runs `task` (built with an observer of `trigger`) as a part a reload can stop alone.
+    fn spawn_part(
+        &mut self,
+        label: String,
+        fingerprint: String,
+        trigger: Trigger,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> Part {
+        let (tx, done) = tokio::sync::oneshot::channel::<()>();
+        let h = self.tasks.spawn(async move {
+            task.await;
+            drop(tx);
+        });
+        self.names.insert(h.id(), label);
+        Part {
+            fingerprint,
+            trigger,
+            done,
+        }
+    }
+
+    fn spawn_source(&mut self, source: &Source, started: Started) {
+        let fingerprint = source_fingerprint(&self.config, source);
+        let name = source.name.clone();
+        let label = format!("source {name}");
+        let trigger = self.trigger.child();
+        let sd = trigger.subscribe();
+        let mut addr = None;
+        let mut tls = None;
+        let part = match started {
+            Started::Mllp(l) => {
+                addr = Some(l.local_addr());
+                if let (SourceKind::Mllp(m), Some(swap)) = (&source.kind, l.tls_swap()) {
+                    tls = m.tls.clone().map(|t| (t, swap));
+                }
+                self.spawn_part(label, fingerprint, trigger, l.run(sd))
+            }
+            Started::MllpSerial(s) => self.spawn_part(label, fingerprint, trigger, s.run(sd)),
+            Started::Astm(s) => {
+                addr = s.local_addr();
+                self.spawn_part(label, fingerprint, trigger, s.run(sd))
+            }
+            Started::File(s) => self.spawn_part(label, fingerprint, trigger, s.run(sd)),
+            Started::Mqtt(s) => self.spawn_part(label, fingerprint, trigger, s.run(sd)),
+        };
+        if let Some(a) = addr {
+            self.mllp.retain(|(n, _)| n != &name);
+            self.mllp.push((name.clone(), a));
+        }
+        self.sources.insert(name, SourcePart { part, tls });
+    }
+
+    fn spawn_modbus(&mut self) {
+        let config = self.config.clone();
+        let sources = config.sources.iter().filter_map(|s| match &s.kind {
+            SourceKind::Modbus(m) => Some((s.name.as_str(), s.tenant.as_str(), m)),
+            _ => None,
+        });
+        let fingerprint = modbus_fingerprint(&config);
+        for bus in crate::modbus::Bus::plan(sources) {
+            let label = format!("source {}", bus.sources().join(", "));
+            let trigger = self.trigger.child();
+            let task = bus.run(
+                self.queue.clone(),
+                self.metrics.clone(),
+                trigger.subscribe(),
+            );
+            let part = self.spawn_part(label, fingerprint.clone(), trigger, task);
+            self.modbus.push(part);
+        }
+    }
+
+    fn spawn_worker(
+        &mut self,
+        tenant: &Tenant,
+        (upstream, conversion): (Arc<Upstream>, Arc<pipeline::Conversion>),
+    ) {
+        let request_timeout = upstream.config().timeout;
+        let services = pipeline::Services {
+            queue: self.queue.clone(),
+            metrics: self.metrics.clone(),
+            board: self.board.clone(),
+            alerter: self.alerter.clone(),
+            audit: self.audit.clone(),
+            consent: self.consent.clone(),
+        };
+        let trigger = self.trigger.child();
+        let w = Worker::new(upstream, services, conversion, trigger.subscribe());
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.id.clone(), (w.heartbeat(), request_timeout));
+        let label = format!("forwarding for tenant {}", tenant.id);
+        let fingerprint = tenant_fingerprint(&self.config, tenant);
+        let part = self.spawn_part(label, fingerprint, trigger, w.run());
+        self.workers.insert(tenant.id.clone(), part);
+    }
+
+    /// Re-reads the configuration file the gateway started from and applies it (SIGHUP).
+    pub async fn reload_from_file(&mut self) -> Result<ReloadReport, crate::config::Error> {
+        let path = self.config.path.clone();
+        match Config::load(&path) {
+            Ok(new) => Ok(self.reload(new).await),
+            Err(e) => {
+                reload_audit(&self.audit, Some("invalid-config"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies a new, validated configuration in place:
+    /// - sources added, removed or changed start and stop; a stopping source stops accepting
+    ///   and finishes the message in hand (commit + ACK), as at shutdown, so nothing in flight
+    ///   is dropped; a changed source stops before its replacement binds (its port may stay);
+    /// - listeners' TLS certificate files (MLLP and admin) are read again: new connections get
+    ///   the new certificate, open ones keep theirs;
+    /// - a tenant whose section changed gets a new forwarding worker (the old one finishes its
+    ///   request and releases its leases first); operator tokens apply at once;
+    /// - `data_dir`, `[admin] listen`, `[queue]`, `[alert]` and `[audit]` need a restart: the
+    ///   report names them and the running values stay.
+    ///
+    /// What the new file needs and cannot have (TLS files that do not load, an upstream
+    /// client that cannot be built) refuses the whole reload before anything is touched.
+    pub async fn reload(&mut self, new: Config) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let old = std::mem::replace(&mut self.config, new.clone());
+        // 1. Everything that can fail without a port, before anything is touched.
+        let mut failed = Vec::new();
+        for s in &new.sources {
+            if let SourceKind::Mllp(m) = &s.kind {
+                if let Some(t) = &m.tls {
+                    if let Err(e) = mllp::tls::server_config(t) {
+                        failed.push((format!("source {}", s.name), e.to_string()));
+                    }
+                }
+            }
+        }
+        let mut workers = HashMap::new();
+        for t in &new.tenants {
+            let changed = old
+                .tenant(&t.id)
+                .is_none_or(|o| tenant_fingerprint(&old, o) != tenant_fingerprint(&new, t));
+            if changed {
+                match prepare_worker(&new, t) {
+                    Ok(w) => {
+                        workers.insert(t.id.clone(), w);
+                    }
+                    Err(e) => failed.push((format!("tenant {}", t.id), format!("{e:#}"))),
+                }
+            }
+        }
+        let admin_tls = match &new.admin.tls {
+            Some(t) => match admin_server_config(t) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    failed.push(("admin.tls".to_owned(), format!("{e:#}")));
+                    None
+                }
+            },
+            None => None,
+        };
+        if !failed.is_empty() {
+            self.config = old;
+            report.failed = failed;
+            reload_audit(&self.audit, Some("refused"));
+            return report;
+        }
+        let notifier = Arc::new(crate::critical::Notifier::new(&new));
+        notifier.set_alerter(self.alerter.clone());
+        self.notifier = notifier;
+
+        // 2. Sources: stop the removed and changed ones, start the added and changed ones.
+        let mut to_start = Vec::new();
+        let names: Vec<String> = self.sources.keys().cloned().collect();
+        for name in names {
+            let still = new.sources.iter().find(|s| s.name == name);
+            let changed = still.is_none_or(|s| {
+                matches!(s.kind, SourceKind::Modbus(_))
+                    || self
+                        .sources
+                        .get(&name)
+                        .is_some_and(|p| p.part.fingerprint != source_fingerprint(&new, s))
+            });
+            if !changed {
+                continue;
+            }
+            if let Some(p) = self.sources.remove(&name) {
+                if !p.part.stop(self.deadline).await {
+                    report.failed.push((
+                        format!("source {name}"),
+                        "did not stop within the shutdown timeout".to_owned(),
+                    ));
+                }
+                self.mllp.retain(|(n, _)| n != &name);
+            }
+            match still {
+                Some(s) if !matches!(s.kind, SourceKind::Modbus(_)) => {
+                    report.restarted.push(name.clone());
+                    to_start.push(s.clone());
+                }
+                _ => report.removed.push(name.clone()),
+            }
+        }
+        for s in &new.sources {
+            if !matches!(s.kind, SourceKind::Modbus(_))
+                && !self.sources.contains_key(&s.name)
+                && !to_start.iter().any(|t| t.name == s.name)
+            {
+                report.added.push(s.name.clone());
+                to_start.push(s.clone());
+            }
+        }
+        for s in &to_start {
+            match prepare_source(s, &self.queue, &self.metrics, &self.notifier).await {
+                Ok(started) => self.spawn_source(s, started),
+                Err(e) => {
+                    tracing::error!(source = %s.name, error = %format!("{e:#}"), "reload: source not started");
+                    report
+                        .failed
+                        .push((format!("source {}", s.name), format!("{e:#}")));
+                }
+            }
+        }
+        // Unchanged TLS listeners: the certificate files are read again.
+        for (name, p) in &self.sources {
+            if to_start.iter().any(|s| &s.name == name) {
+                continue;
+            }
+            if let Some((cfg, swap)) = &p.tls {
+                match mllp::tls::server_config(cfg) {
+                    Ok(c) => {
+                        swap.replace(c);
+                        report.tls_reloaded.push(name.clone());
+                    }
+                    Err(e) => report
+                        .failed
+                        .push((format!("source {name}"), e.to_string())),
+                }
+            }
+        }
+        if let (Some(c), Some((_, swap))) = (admin_tls, &self.admin_tls) {
+            swap.replace(c);
+            report.tls_reloaded.push("admin".to_owned());
+        }
+        // Modbus loops: restarted together when any modbus source changed.
+        if modbus_fingerprint(&old) != modbus_fingerprint(&new) {
+            for p in std::mem::take(&mut self.modbus) {
+                if !p.stop(self.deadline).await {
+                    report.failed.push((
+                        "modbus".to_owned(),
+                        "did not stop within the shutdown timeout".to_owned(),
+                    ));
+                }
+            }
+            for s in &new.sources {
+                if matches!(s.kind, SourceKind::Modbus(_)) {
+                    let existed = old.sources.iter().any(|o| o.name == s.name);
+                    if existed {
+                        report.restarted.push(s.name.clone())
+                    } else {
+                        report.added.push(s.name.clone())
+                    }
+                }
+            }
+            for o in &old.sources {
+                if matches!(o.kind, SourceKind::Modbus(_))
+                    && !new.sources.iter().any(|s| s.name == o.name)
+                {
+                    report.removed.push(o.name.clone());
+                }
+            }
+            self.spawn_modbus();
+        }
+
+        // 3. Forwarding workers of tenants removed or changed.
+        let tenants: Vec<String> = self.workers.keys().cloned().collect();
+        for id in tenants {
+            let keep = new.tenant(&id).is_some_and(|t| {
+                !workers.contains_key(&id)
+                    && old
+                        .tenant(&id)
+                        .is_some_and(|o| tenant_fingerprint(&old, o) == tenant_fingerprint(&new, t))
+            });
+            if keep {
+                continue;
+            }
+            if let Some(p) = self.workers.remove(&id) {
+                self.heartbeats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                if !p.stop(self.deadline).await {
+                    report.failed.push((
+                        format!("tenant {id}"),
+                        "worker did not stop within the shutdown timeout".to_owned(),
+                    ));
+                }
+                report.tenants.push(id.clone());
+            }
+        }
+        for t in &new.tenants {
+            if let Some(w) = workers.remove(&t.id) {
+                if let Some(w) = w {
+                    self.spawn_worker(t, w);
+                }
+                if !report.tenants.contains(&t.id) {
+                    report.tenants.push(t.id.clone());
+                }
+            }
+        }
+
+        // 4. What applies at once, and what waits for a restart.
+        self.admin_api.set_config(Arc::new(new.clone()));
+        self.deadline = new.shutdown_timeout;
+        report.restart_required = restart_required(&old, &new);
+        for v in [
+            &mut report.added,
+            &mut report.removed,
+            &mut report.restarted,
+            &mut report.tls_reloaded,
+            &mut report.tenants,
+        ] {
+            v.sort();
+        }
+        let failure = if report.failed.is_empty() {
+            None
+        } else {
+            Some("partial")
+        };
+        reload_audit(&self.audit, failure);
+        report
     }
 
     /// Ordered shutdown within the configured deadline. Returns the names of tasks that did
@@ -378,45 +792,69 @@ impl Running {
     }
 }
 
-/// Runs until `shutdown` completes (a signal in production), then stops in order.
+/// Settings that differ and that only a restart applies.
+fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.data_dir != new.data_dir {
+        out.push("data_dir");
+    }
+    if old.admin.listen != new.admin.listen {
+        out.push("admin.listen");
+    }
+    if old.admin.tls.is_some() != new.admin.tls.is_some() {
+        out.push("admin.tls");
+    }
+    if format!("{:?}", old.queue) != format!("{:?}", new.queue) {
+        out.push("queue");
+    }
+    if format!("{:?}", old.alert) != format!("{:?}", new.alert) {
+        out.push("alert");
+    }
+    if format!("{:?}", old.audit) != format!("{:?}", new.audit) {
+        out.push("audit");
+    }
+    out
+}
+
+/// Runs until `shutdown` completes (a signal in production), then stops in order. SIGHUP
+/// (`systemctl reload caregate`) re-reads the file: an invalid one is refused with an error
+/// line and the running configuration stays; a valid one is applied ([`Running::reload`]).
 pub async fn run(
     config: Config,
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let running = start(&config, options).await?;
-    // SIGHUP (systemctl reload): the new file is validated; applying it in place is not built
-    // yet, so a valid change is reported as needing a restart and an invalid one is refused.
-    // Either way the running configuration stays and no message is affected.
-    let path = config.path.clone();
-    let audit = running.audit.clone();
-    let reloads = async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return std::future::pending::<()>().await;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut running = start(&config, options).await?;
+    let mut hup = signal(SignalKind::hangup()).ok();
+    tokio::pin!(shutdown);
+    loop {
+        let hangup = async {
+            match &mut hup {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
         };
-        while hup.recv().await.is_some() {
-            match Config::load(&path) {
-                Ok(_) => {
-                    tracing::warn!(
-                        config = %path.display(),
-                        "SIGHUP: the configuration file is valid, but applying changes in place is not built yet: restart caregate to apply them (the running configuration stays)"
-                    );
-                    reload_audit(&audit, Some("restart-required"));
-                }
-                Err(e) => {
-                    tracing::error!(
-                        error = %e,
-                        "SIGHUP: the configuration file is invalid and was refused; the running configuration stays"
-                    );
-                    reload_audit(&audit, Some("invalid-config"));
-                }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = hangup => {}
+        }
+        let _ = crate::systemd::reloading();
+        match running.reload_from_file().await {
+            Ok(report) if report.failed.is_empty() => {
+                tracing::info!(config = %config.path.display(), %report, "SIGHUP: configuration reloaded");
+            }
+            Ok(report) => {
+                tracing::error!(config = %config.path.display(), %report, "SIGHUP: configuration reload incomplete");
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "SIGHUP: the configuration file is invalid and was refused; the running configuration stays"
+                );
             }
         }
-    };
-    tokio::select! {
-        _ = shutdown => {}
-        _ = reloads => {}
+        let _ = crate::systemd::ready();
     }
     let queue = running.queue.clone();
     let late = running.stop().await;
@@ -446,10 +884,7 @@ fn reload_audit(audit: &crate::audit::Recorder, failure: Option<&str>) {
 }
 
 /// What conversion needs for one tenant, from the configuration.
-fn conversion_of(
-    config: &Config,
-    t: &crate::config::Tenant,
-) -> anyhow::Result<pipeline::Conversion> {
+fn conversion_of(config: &Config, t: &Tenant) -> anyhow::Result<pipeline::Conversion> {
     let zone = |name: &Option<String>| -> anyhow::Result<jiff::tz::TimeZone> {
         Ok(match name {
             Some(z) => jiff::tz::TimeZone::get(z).with_context(|| format!("time zone {z}"))?,
@@ -479,7 +914,7 @@ fn conversion_of(
 async fn watchdog(
     interval: Duration,
     queue: Queue,
-    workers: Vec<(String, Arc<std::sync::atomic::AtomicI64>, Duration)>,
+    workers: Heartbeats,
     mut shutdown: shutdown::Shutdown,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -493,7 +928,7 @@ async fn watchdog(
             stuck.push("queue writer".to_owned());
         }
         let now = pipeline::epoch_seconds();
-        for (tenant, beat, timeout) in &workers {
+        for (tenant, (beat, timeout)) in workers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let age = now - beat.load(std::sync::atomic::Ordering::Relaxed);
             let grace = (timeout.as_secs() + 2 * interval.as_secs().max(1)) as i64;
             if age > grace {

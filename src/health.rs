@@ -19,7 +19,6 @@ use std::time::Duration;
 use axum::serve::ListenerExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::metrics::Metrics;
@@ -55,7 +54,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// `tls` is given.
 pub async fn run(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<crate::mllp::tls::TlsSwap>,
     ready: Arc<Readiness>,
     metrics: Arc<Metrics>,
     extra: Router,
@@ -100,14 +99,13 @@ struct TlsListener {
 impl TlsListener {
     fn start(
         listener: TcpListener,
-        config: Arc<rustls::ServerConfig>,
+        config: crate::mllp::tls::TlsSwap,
         mut shutdown: Shutdown,
     ) -> TlsListener {
         let local = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let (tx, rx) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = tokio::select! {
@@ -121,7 +119,7 @@ impl TlsListener {
                         }
                     },
                 };
-                let acceptor = acceptor.clone();
+                let acceptor = config.acceptor();
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

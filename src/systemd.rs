@@ -46,6 +46,11 @@ pub fn status(line: &str) -> Result<(), Error> {
     send("STATUS=", &NotifyState::Status(&line))
 }
 
+/// `RELOADING=1`: a configuration reload has begun; [`ready`] ends it.
+pub fn reloading() -> Result<(), Error> {
+    send("RELOADING=1", &NotifyState::Reloading)
+}
+
 /// `STOPPING=1`: shutdown has begun.
 pub fn stopping() -> Result<(), Error> {
     send("STOPPING=1", &NotifyState::Stopping)

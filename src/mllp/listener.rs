@@ -18,7 +18,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
 use super::{AckMode, Codec, Config, codec};
 use crate::envelope::{Kind, Lane, Meta};
@@ -114,7 +113,7 @@ impl AckIds {
 /// A bound MLLP listener, ready to run.
 pub struct Listener {
     tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<super::tls::TlsSwap>,
     ctx: Arc<Ctx>,
 }
 
@@ -129,12 +128,12 @@ impl Listener {
     ) -> Result<Listener, Error> {
         let tls = match &cfg.tls {
             None => None,
-            Some(t) => Some(TlsAcceptor::from(super::tls::server_config(t).map_err(
-                |e| Error::Tls {
+            Some(t) => Some(super::tls::TlsSwap::new(
+                super::tls::server_config(t).map_err(|e| Error::Tls {
                     source_name: source.to_owned(),
                     source: e,
-                },
-            )?)),
+                })?,
+            )),
         };
         let tcp = TcpListener::bind(cfg.listen)
             .await
@@ -165,6 +164,12 @@ impl Listener {
             ctx.critical = Some(notifier);
         }
         self
+    }
+
+    /// The TLS configuration a reload replaces when the certificate files change (`None`:
+    /// plain TCP).
+    pub fn tls_swap(&self) -> Option<super::tls::TlsSwap> {
+        self.tls.clone()
     }
 
     /// The bound address (useful with port 0).
@@ -222,7 +227,7 @@ impl Listener {
             };
             let _ = stream.set_nodelay(true);
             let ctx = ctx.clone();
-            let tls = self.tls.clone();
+            let tls = self.tls.as_ref().map(super::tls::TlsSwap::acceptor);
             let shutdown = shutdown.clone();
             conns.spawn(async move {
                 let gauge = ctx.hot.connections.clone();

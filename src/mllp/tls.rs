@@ -90,6 +90,33 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, Error> {
     Ok(Arc::new(builder.with_single_cert(certs, key)?))
 }
 
+/// A listener's server configuration that a reload can replace: connections accepted after
+/// [`TlsSwap::replace`] get the new certificate, connections already open keep theirs.
+#[derive(Debug, Clone)]
+pub struct TlsSwap(Arc<std::sync::RwLock<Arc<ServerConfig>>>);
+
+impl TlsSwap {
+    /// Starts with `config`.
+    pub fn new(config: Arc<ServerConfig>) -> TlsSwap {
+        TlsSwap(Arc::new(std::sync::RwLock::new(config)))
+    }
+
+    /// The configuration for the next accepted connection.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// An acceptor for the next accepted connection.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current())
+    }
+
+    /// Installs a new configuration.
+    pub fn replace(&self, config: Arc<ServerConfig>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+}
+
 /// A client configuration trusting `ca` (or the system bundle), optionally presenting a
 /// client certificate.
 pub fn client_config(

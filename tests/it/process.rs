@@ -559,7 +559,7 @@ async fn status_and_queue_commands_use_the_running_daemon_or_the_queue_directly(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_systemd_ready_watchdog_and_stopping_are_notified_and_sighup_never_kills() {
+async fn under_systemd_ready_watchdog_and_stopping_are_notified_and_sighup_reloads() {
     use std::os::unix::net::UnixDatagram;
     let dir = tempfile::tempdir().unwrap();
     let (config, mllp) = Daemon::write_config(dir.path());
@@ -611,6 +611,46 @@ async fn under_systemd_ready_watchdog_and_stopping_are_notified_and_sighup_never
     );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("invalid and was refused"), "{text}");
+
+    // A valid change is applied in place: a second source starts listening.
+    let added = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        &config,
+        format!("{good}[[source]]\nname = \"lab2\"\ntenant = \"north\"\nkind = \"mllp\"\nlisten = \"{added}\"\n"),
+    )
+    .unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        match Client::connect(&added, Duration::from_secs(1)).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the added source never listened: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(code(&c.send(&oru("ON-ADDED-SOURCE")).await.unwrap()), "AA");
+    drop(c);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("configuration reloaded") && text.contains("lab2"),
+        "{text}"
+    );
+    let mut reloading = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        reloading |= String::from_utf8_lossy(&buf[..n]).contains("RELOADING=1");
+        if reloading {
+            break;
+        }
+    }
+    assert!(reloading, "RELOADING=1 while the reload runs");
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
