@@ -368,7 +368,10 @@ async function onRequest(req, res) {
   if (f) {
     const code = f.status === 429 ? 'throttled' : f.status >= 500 ? 'transient' : 'processing';
     const headers = f.retry_after != null ? { 'retry-after': String(f.retry_after) } : {};
-    return reply(f.status, outcome('error', code, `injected fault: status ${f.status}`), headers);
+    // Like servers that quote the submitted data back, a matched fault names what it matched:
+    // the gateway must keep such text out of its logs (tests/it/phi.rs).
+    const quoted = f.match != null ? ` for a request carrying ${f.match}` : '';
+    return reply(f.status, outcome('error', code, `injected fault: status ${f.status}${quoted}`), headers);
   }
   if (!authorized(req.headers.authorization)) {
     const presented = /^Bearer\s/i.test(req.headers.authorization ?? '');

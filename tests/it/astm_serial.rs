@@ -33,7 +33,7 @@ fn sender_config() -> link::Config {
 
 /// Runs the analyzer until every message is delivered (or `limit` passes). `corrupt_first`
 /// sends the first frame with a wrong checksum.
-async fn analyzer<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn analyzer<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     messages: &[Vec<u8>],
     corrupt_first: bool,

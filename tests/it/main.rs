@@ -21,6 +21,7 @@ mod hl7_corpus; // every corpus HL7 file through the parser
 mod mllp; // MLLP ingest: ACK codes, durability before AA, framing, limits, TLS, shutdown
 mod modbus; // Modbus TCP/RTU polling against real servers (TCP, pty RTU): decoding, timeouts, deadband, exceptions, probe
 mod mqtt; // MQTT source against a real mosquitto: stored before PUBACK, once each, rejected kept, broker restart, probe
+mod phi; // canaries through every path of the real binary: never in logs, ACKs, metrics, status, alerts, reports, audit, CLI output
 mod process; // the real binary: SIGKILL under load, CLI commands, shipped config files
 mod reload; // reload in place: sources added/moved/removed under load, bad file refused, TLS re-read, workers, tokens
 mod status_page; // the status page in headless Chromium against a live gateway; alert rules vs /metrics
