@@ -169,6 +169,47 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
     (!t.is_empty()).then_some(t)
 }
 
+/// The token from an `Authorization` header value: `Bearer <token>`, or `Basic` with the token
+/// as the password (any user name), which is what a browser sends for the status page after
+/// its login prompt. Scheme case-insensitive.
+pub fn credentials(header: Option<&str>) -> Option<String> {
+    if let Some(t) = bearer(header) {
+        return Some(t.to_owned());
+    }
+    let (scheme, rest) = header?.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(base64_decode(rest.trim())?).ok()?;
+    let (_, password) = decoded.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_owned())
+}
+
+/// Standard base64 (RFC 4648 §4, padding optional); `None` on anything else.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 /// An operator endpoint, with the tenant the request names (if any).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint<'a> {
@@ -251,6 +292,26 @@ pub fn decide(role: Role, own: Option<&str>, endpoint: Endpoint<'_>) -> Result<S
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    #[test]
+    fn basic_credentials_carry_the_token_as_password() {
+        // "operator:s3cret-token" and "x:a:b" (a colon in the password is kept).
+        assert_eq!(
+            super::credentials(Some("Basic b3BlcmF0b3I6czNjcmV0LXRva2Vu")).as_deref(),
+            Some("s3cret-token")
+        );
+        assert_eq!(
+            super::credentials(Some("basic eDphOmI=")).as_deref(),
+            Some("a:b")
+        );
+        assert_eq!(
+            super::credentials(Some("Bearer tok")).as_deref(),
+            Some("tok")
+        );
+        for bad in ["Basic", "Basic !!!", "Basic eDo=", "Digest abc", ""] {
+            assert_eq!(super::credentials(Some(bad)), None, "{bad}");
+        }
+        assert_eq!(super::credentials(None), None);
+    }
 
     const N: Option<&str> = Some("north");
 

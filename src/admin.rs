@@ -259,11 +259,8 @@ impl FromRequestParts<Admin> for Caller {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let config = a.config();
-        match config
-            .admin
-            .tokens
-            .authenticate(crate::access::bearer(header))
-        {
+        let presented = crate::access::credentials(header);
+        match config.admin.tokens.authenticate(presented.as_deref()) {
             Ok(t) => Ok(Caller {
                 name: t.name.clone(),
                 role: t.role,
@@ -412,9 +409,16 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         if self.challenge {
-            r.headers_mut().insert(
+            // Bearer for the API and the CLI; Basic so that a browser opening the status page
+            // asks for the token (as the password).
+            let h = r.headers_mut();
+            h.append(
                 header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
+            );
+            h.append(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"caregate\", charset=\"UTF-8\""),
             );
         }
         r
@@ -429,8 +433,13 @@ async fn status(State(a): State<Admin>, caller: Caller) -> Result<Json<Status>, 
     Ok(Json(s))
 }
 
-async fn page(State(a): State<Admin>) -> Result<Html<String>, ApiError> {
-    let status = a.status().await?;
+/// The status page: the same token and the same view as `/status` (an org-admin sees its
+/// tenant), asked for by the browser's login prompt (any user name, the token as password).
+async fn page(State(a): State<Admin>, caller: Caller) -> Result<Html<String>, ApiError> {
+    let scope = caller.allow(Endpoint::Status)?;
+    let mut status = a.status().await?;
+    status.tenants.retain(|t| scope.sees(&t.tenant));
+    status.sources.retain(|x| scope.sees(&x.tenant));
     Ok(Html(crate::page::render(
         &status,
         &jiff::Timestamp::now().to_string(),

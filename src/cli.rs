@@ -201,6 +201,62 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Patient consent: withdraw (messages are held), reinstate (held messages are released in
+    /// order), list (keyed hashes only). Needs the running daemon and an org-admin or
+    /// system-admin token.
+    Consent {
+        /// What to do.
+        #[command(subcommand)]
+        command: ConsentCommand,
+    },
+}
+
+/// `caregate consent ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConsentCommand {
+    /// Record a patient's consent status.
+    Set {
+        /// Configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
+        /// /etc/caregate/cli.token when readable).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Tenant (default: the only one).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Assigning authority as senders put it in PID-3.4 (for example `NORTH-MRN`): the
+        /// identifier system is the one the converter uses for it (the tenant's
+        /// `identifier_systems`, else `urn:caregate:<tenant>:identifiers:<authority>`).
+        #[arg(long, conflicts_with = "system", required_unless_present = "system")]
+        authority: Option<String>,
+        /// Identifier system URI, as the converter emits it.
+        #[arg(long)]
+        system: Option<String>,
+        /// `active` (consent on file or reinstated) or `withdrawn`.
+        #[arg(long)]
+        status: crate::consent::Status,
+        /// The patient identifier value; `-` reads it from standard input, which keeps it out
+        /// of the shell history and the process list.
+        value: String,
+    },
+    /// List a tenant's recorded consents (keyed hashes, status, time).
+    List {
+        /// Configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
+        /// /etc/caregate/cli.token when readable).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Tenant (default: the only one).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_parity(s: &str) -> Result<crate::modbus::Parity, String> {

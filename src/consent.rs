@@ -50,7 +50,7 @@ pub enum Policy {
 }
 
 /// A patient's recorded consent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     /// Consent on file (or reinstated).

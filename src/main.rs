@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use caregate::cli::{
-    AuditCommand, Cli, Command, LogEnv, LogFormat, ProbeCommand, QueueCommand, TokenCommand,
+    AuditCommand, Cli, Command, ConsentCommand, LogEnv, LogFormat, ProbeCommand, QueueCommand,
+    TokenCommand,
 };
 use caregate::config::{self, Config};
 use caregate::{app, cli, ops, shutdown};
@@ -308,6 +309,75 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{status}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Consent {
+            command:
+                ConsentCommand::Set {
+                    config,
+                    token_file,
+                    tenant,
+                    authority,
+                    system,
+                    status,
+                    value,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
+            let value = if value == "-" {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the identifier from standard input")?;
+                line.trim().to_owned()
+            } else {
+                value
+            };
+            let system = match (system, authority) {
+                (Some(s), _) => s,
+                (None, Some(a)) => ops::identifier_system(&config, &tenant, &a),
+                (None, None) => anyhow::bail!("name the identifier's --authority or --system"),
+            };
+            let change = caregate::admin::ConsentChange {
+                system,
+                value,
+                status,
+            };
+            let done = runtime()?.block_on(ops::consent_set(&api, &tenant, &change))?;
+            // The identifier is not echoed: the keyed hash is what the audit trail and the
+            // registry show.
+            println!(
+                "tenant {}: patient {} recorded {:?}; {} held messages released",
+                done.tenant,
+                done.patient_ref,
+                done.status,
+                done.released.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Consent {
+            command:
+                ConsentCommand::List {
+                    config,
+                    token_file,
+                    tenant,
+                    json,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
+            let list = runtime()?.block_on(ops::consent_list(&api, &tenant))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for e in &list {
+                    println!("{}  {:?}  {}", e.patient_ref, e.status, e.updated);
+                }
+                println!("{} recorded consents in tenant {tenant}", list.len());
             }
             Ok(ExitCode::SUCCESS)
         }

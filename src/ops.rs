@@ -94,8 +94,20 @@ async fn call<T: serde::de::DeserializeOwned>(
     method: reqwest::Method,
     path: &str,
 ) -> anyhow::Result<T> {
+    call_with(api, method, path, None::<&()>).await
+}
+
+async fn call_with<T: serde::de::DeserializeOwned>(
+    api: &Api,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&impl serde::Serialize>,
+) -> anyhow::Result<T> {
     let base = &api.base;
     let mut req = api.http.request(method, format!("{base}{path}"));
+    if let Some(b) = body {
+        req = req.json(b);
+    }
     if let Some(t) = &api.token {
         req = req.bearer_auth(t);
     }
@@ -238,4 +250,38 @@ pub async fn purge(config: &Config, api: &Api, tenant: &str, id: u64) -> anyhow:
         }
         other => other,
     }
+}
+
+/// The identifier system the converter emits for `authority` (PID-3.4) in `tenant`.
+pub fn identifier_system(config: &Config, tenant: &str, authority: &str) -> String {
+    config
+        .tenant(tenant)
+        .and_then(|t| t.identifier_systems.get(authority).cloned())
+        .unwrap_or_else(|| {
+            crate::convert::id::minted(
+                crate::convert::cli::DEFAULT_SYSTEM_BASE,
+                &[tenant, "identifiers", authority],
+            )
+        })
+}
+
+/// `caregate consent set`: records a status through the running daemon (which releases held
+/// messages at once); refused when no daemon answers, since the daemon keeps the registry.
+pub async fn consent_set(
+    api: &Api,
+    tenant: &str,
+    change: &crate::admin::ConsentChange,
+) -> anyhow::Result<crate::admin::ConsentDone> {
+    let path = format!("/consent/{tenant}");
+    match call_with(api, reqwest::Method::POST, &path, Some(change)).await {
+        Err(e) if e.is::<NotRunning>() => Err(e.context(
+            "consent changes need the running daemon (it keeps the registry and releases held messages)",
+        )),
+        other => other,
+    }
+}
+
+/// `caregate consent list`.
+pub async fn consent_list(api: &Api, tenant: &str) -> anyhow::Result<Vec<crate::consent::Entry>> {
+    call(api, reqwest::Method::GET, &format!("/consent/{tenant}")).await
 }

@@ -2,7 +2,11 @@
 // playwright-core), checks every number it renders against a /status JSON document, and takes a
 // screenshot, checked to be a real picture (PNG, not tiny, not one flat colour).
 //
-//   node status_page.mjs --url http://127.0.0.1:PORT/ --expected status.json --screenshot out.png
+//   node status_page.mjs --url http://127.0.0.1:PORT/ --expected status.json --screenshot out.png \
+//     --token TOKEN
+//
+// The page asks for the operator token (HTTP Basic, token as password): the browser answers the
+// login prompt with it, as an operator would; a first visit without it must be refused.
 //
 // Prints one JSON line with what it checked; exits 1 with the failures otherwise.
 // Run by tests/it/status_page.rs; `npm ci --prefix tests/browser` installs playwright-core.
@@ -14,7 +18,7 @@ function args() {
   const out = {};
   const a = process.argv.slice(2);
   for (let i = 0; i < a.length; i += 2) out[a[i].replace(/^--/, '')] = a[i + 1];
-  for (const k of ['url', 'expected', 'screenshot']) {
+  for (const k of ['url', 'expected', 'screenshot', 'token']) {
     if (!out[k]) throw new Error(`missing --${k}`);
   }
   return out;
@@ -37,7 +41,21 @@ const browser = await chromium.launch({
 });
 let result;
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const anonymous = await browser.newPage();
+  // Headless Chromium has no one to answer the login prompt: it gives up the navigation with
+  // ERR_INVALID_AUTH_CREDENTIALS (a 401 that offered Basic) rather than showing the page.
+  let refused;
+  try {
+    refused = (await anonymous.goto(opts.url, { waitUntil: 'load' })).status();
+  } catch (e) {
+    refused = /ERR_INVALID_AUTH_CREDENTIALS/.test(String(e)) ? 401 : String(e);
+  }
+  check('HTTP status without the token', refused, 401);
+  await anonymous.close();
+  const page = await browser.newPage({
+    viewport: { width: 1280, height: 800 },
+    httpCredentials: { username: 'operator', password: opts.token },
+  });
   const origin = new URL(opts.url).origin;
   const foreign = [];
   const consoleErrors = [];

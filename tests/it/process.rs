@@ -909,3 +909,128 @@ async fn two_tenants_log_lines_never_carry_the_other_tenants_data() {
         }
     }
 }
+
+/// `caregate consent set|list` against the running daemon: a withdrawn patient's message is
+/// held (ACKed, stored, not forwarded), reinstating releases it, and the CLI never prints the
+/// identifier (the value is read from stdin, and only its keyed hash comes back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_commands_hold_and_release_through_the_running_daemon() {
+    use crate::support::fhir_server::{FhirServer, Options};
+    use std::io::Write as _;
+    let pki = crate::support::pki();
+    let Some(server) = FhirServer::start(&pki, Options::default()).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mllp, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let config = dir.path().join("caregate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[admin]\nlisten = \"{admin}\"\n{}\
+             [[tenant]]\nid = \"north\"\ntimezone = \"UTC\"\n[tenant.upstream]\nurl = \"{}\"\nca_file = \"{}\"\n\
+             [[source]]\nname = \"lab\"\ntenant = \"north\"\nkind = \"mllp\"\nlisten = \"{mllp}\"\n",
+            dir.path().join("data").display(),
+            admin_token(),
+            server.base_url(),
+            pki.ca.display()
+        ),
+    )
+    .unwrap();
+    let token = dir.path().join("cli.token");
+    std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let mut daemon = Daemon::start(&config, &mllp, dir.path().join("log"));
+    let consent = |status: &str| {
+        let mut child = Command::new(BIN)
+            .args(["consent", "set", "--config"])
+            .arg(&config)
+            .arg("--token-file")
+            .arg(&token)
+            .args(["--authority", "NORTH-MRN", "--status", status, "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"CONSENTMRN7\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(!text.contains("CONSENTMRN7"), "identifier echoed: {text}");
+        text
+    };
+    let said = consent("withdrawn");
+    assert!(
+        said.contains("Withdrawn") && said.contains("0 held messages released"),
+        "{said}"
+    );
+
+    let msg = crate::forward::lab("CONS-1", "CONSENTMRN7", 90);
+    let other = crate::forward::lab("CONS-2", "OTHERMRN", 91);
+    let mut c = Client::connect(&mllp, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(code(&c.send(&msg).await.unwrap()), "AA");
+    assert_eq!(code(&c.send(&other).await.unwrap()), "AA");
+    drop(c);
+    crate::support::eventually(30, "the other patient forwarded", || async {
+        server.count("Observation").await == 2
+    })
+    .await;
+    let status = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["tenants"][0]["held"], 1, "{status}");
+
+    let said = consent("active");
+    assert!(said.contains("1 held messages released"), "{said}");
+    crate::support::eventually(30, "the held message forwarded", || async {
+        server.count("Observation").await == 4
+    })
+    .await;
+    let list = Command::new(BIN)
+        .args(["consent", "list", "--json", "--config"])
+        .arg(&config)
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["status"], "active");
+    assert!(!list.to_string().contains("CONSENTMRN7"));
+    assert!(daemon.terminate().success());
+
+    // Without a daemon the command says why instead of changing a registry nobody reads.
+    let out = Command::new(BIN)
+        .args(["consent", "set", "--config"])
+        .arg(&config)
+        .arg("--token-file")
+        .arg(&token)
+        .args(["--authority", "NORTH-MRN", "--status", "active", "X"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("need the running daemon"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

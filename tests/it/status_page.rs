@@ -181,9 +181,30 @@ async fn status_page_shows_the_live_numbers_in_a_real_browser() {
     assert_eq!(status["tenants"][0]["upstream"]["state"], "ok");
     assert!(status["tenants"][1]["upstream"].is_null());
 
+    // The page needs the token: a browser is asked for it (Basic, token as password).
+    let anonymous = http.get(format!("{admin}/")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let challenges: Vec<_> = anonymous
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Basic realm=")),
+        "{challenges:?}"
+    );
+    let wrong = http
+        .get(format!("{admin}/"))
+        .basic_auth("operator", Some("not-the-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
     // The page is plain server-rendered HTML with the same numbers.
     let html = http
         .get(format!("{admin}/"))
+        .basic_auth("operator", Some(crate::support::ADMIN_TOKEN))
         .send()
         .await
         .unwrap()
@@ -215,6 +236,7 @@ async fn status_page_shows_the_live_numbers_in_a_real_browser() {
                 .arg(&expected)
                 .arg("--screenshot")
                 .arg(&shot)
+                .args(["--token", crate::support::ADMIN_TOKEN])
                 .output()
                 .expect("node runs")
         }
