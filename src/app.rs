@@ -312,16 +312,14 @@ async fn prepare_source(
                 .with_context(context)?
                 .with_critical(notifier.clone()),
         ),
-        SourceKind::File(f) => Started::File(files::Source::new(
-            name,
-            tenant,
-            f,
-            queue.clone(),
-            metrics.clone(),
-        )),
+        SourceKind::File(f) => Started::File(
+            files::Source::new(name, tenant, f, queue.clone(), metrics.clone())
+                .with_critical(notifier.clone()),
+        ),
         SourceKind::Mqtt(m) => Started::Mqtt(Box::new(
             crate::mqtt::Source::new(name, tenant, m, queue.clone(), metrics.clone())
-                .with_context(context)?,
+                .with_context(context)?
+                .with_critical(notifier.clone()),
         )),
         // Pollers open nothing at start: an absent device is retried with backoff and must
         // not keep the gateway (and its other sources) from starting.
@@ -366,13 +364,15 @@ fn tenant_fingerprint(config: &Config, tenant: &Tenant) -> String {
     format!("{tenant:?}{zones:?}")
 }
 
+/// What the Modbus poll loops depend on: every modbus source and its tenant's rules (they
+/// share serial buses, so they restart together).
 fn modbus_fingerprint(config: &Config) -> String {
-    let m: Vec<_> = config
+    config
         .sources
         .iter()
         .filter(|s| matches!(s.kind, SourceKind::Modbus(_)))
-        .collect();
-    format!("{m:?}")
+        .map(|s| source_fingerprint(config, s))
+        .collect()
 }
 
 /// What a reload did; its `Display` is the log line.
@@ -487,6 +487,7 @@ impl Running {
         });
         let fingerprint = modbus_fingerprint(&config);
         for bus in crate::modbus::Bus::plan(sources) {
+            let bus = bus.with_critical(self.notifier.clone());
             let label = format!("source {}", bus.sources().join(", "));
             let trigger = self.trigger.child();
             let task = bus.run(

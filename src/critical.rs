@@ -532,6 +532,61 @@ impl Notifier {
     }
 }
 
+/// A critical envelope of a batch, remembered until the batch's commit.
+#[derive(Debug)]
+pub struct Marked {
+    at: usize,
+    tenant: String,
+    source: String,
+    control_id: String,
+    received_at_us: i64,
+    found: Critical,
+}
+
+impl Notifier {
+    /// Classifies each envelope of a batch about to be stored (by its kind: HL7, ASTM or a
+    /// device reading) against its tenant's rules; critical ones go in the critical lane.
+    pub fn mark(&self, items: &mut [crate::queue::NewEnvelope]) -> Vec<Marked> {
+        let mut out = Vec::new();
+        for (at, e) in items.iter_mut().enumerate() {
+            let found = classify(e.kind, &e.payload, self.rules(&e.tenant));
+            if found.is_critical() {
+                e.lane = crate::envelope::Lane::Critical;
+                out.push(Marked {
+                    at,
+                    tenant: e.tenant.clone(),
+                    source: e.source.clone(),
+                    control_id: e.meta.control_id.clone(),
+                    received_at_us: e.received_at_us,
+                    found,
+                });
+            }
+        }
+        out
+    }
+
+    /// After the batch's commit: the alert of each critical envelope newly stored (a duplicate
+    /// was alerted when its first copy was stored).
+    pub fn raise_marked(&self, marked: &[Marked], pushed: &[crate::queue::Pushed]) {
+        for m in marked {
+            let Some(p) = pushed.get(m.at) else { continue };
+            if p.duplicate {
+                continue;
+            }
+            self.raise(
+                Stored {
+                    tenant: &m.tenant,
+                    source: &m.source,
+                    envelope_id: p.id,
+                    control_id: &m.control_id,
+                    received_at_us: m.received_at_us,
+                },
+                &m.found,
+            );
+        }
+    }
+}
+
 /// The stored message an alert is about (ids only).
 #[derive(Debug, Clone, Copy)]
 pub struct Stored<'a> {

@@ -345,6 +345,7 @@ pub struct Source {
     metrics: Arc<Metrics>,
     /// Size and mtime seen at the previous poll.
     seen: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+    critical: Option<Arc<crate::critical::Notifier>>,
 }
 
 impl Source {
@@ -363,7 +364,15 @@ impl Source {
             queue,
             metrics,
             seen: HashMap::new(),
+            critical: None,
         }
+    }
+
+    /// Classifies every stored message: critical ones go in the critical lane and raise an
+    /// alert right after their commit.
+    pub fn with_critical(mut self, notifier: Arc<crate::critical::Notifier>) -> Source {
+        self.critical = Some(notifier);
+        self
     }
 
     /// Polls until shutdown; the file in hand is finished first.
@@ -476,12 +485,20 @@ impl Source {
             .received
             .get_or_create(&label)
             .inc_by(checked.len() as u64);
-        let mut pushed = if good.is_empty() {
+        let mut good = good;
+        let marked = match &self.critical {
+            Some(n) => n.mark(&mut good),
+            None => Vec::new(),
+        };
+        let pushed = if good.is_empty() {
             Vec::new()
         } else {
             self.queue.push_all(good).await?
+        };
+        if let Some(n) = &self.critical {
+            n.raise_marked(&marked, &pushed);
         }
-        .into_iter();
+        let mut pushed = pushed.into_iter();
         let mut outcomes = Vec::with_capacity(checked.len());
         let (mut stored, mut duplicates, mut rejected) = (0, 0, 0);
         for (index, c) in checked.into_iter().enumerate() {

@@ -364,6 +364,7 @@ pub struct Source {
     options: MqttOptions,
     queue: Queue,
     metrics: Arc<Metrics>,
+    critical: Option<Arc<crate::critical::Notifier>>,
 }
 
 /// Why a publish was not acknowledged.
@@ -385,7 +386,15 @@ impl Source {
             cfg: cfg.clone(),
             queue,
             metrics,
+            critical: None,
         })
+    }
+
+    /// Classifies every stored message or reading: critical ones go in the critical lane and
+    /// raise an alert right after their commit.
+    pub fn with_critical(mut self, notifier: Arc<crate::critical::Notifier>) -> Source {
+        self.critical = Some(notifier);
+        self
     }
 
     /// Receives until shutdown: reconnects with backoff, resubscribes on every ConnAck.
@@ -467,6 +476,23 @@ impl Source {
         tracing::info!(source = %self.name, "mqtt source stopped");
     }
 
+    /// Stores a publish's envelopes in one commit; critical ones take the critical lane and
+    /// alert right after it.
+    async fn push(
+        &self,
+        mut items: Vec<NewEnvelope>,
+    ) -> Result<Vec<crate::queue::Pushed>, crate::queue::Error> {
+        let marked = match &self.critical {
+            Some(n) => n.mark(&mut items),
+            None => Vec::new(),
+        };
+        let pushed = self.queue.push_all(items).await?;
+        if let Some(n) = &self.critical {
+            n.raise_marked(&marked, &pushed);
+        }
+        Ok(pushed)
+    }
+
     /// Stores one publish and acks it; `Err` when it was not stored (not acked).
     async fn handle(&self, client: &AsyncClient, p: &rumqttc::Publish) -> Result<(), NotStored> {
         let received_at_us = jiff::Timestamp::now().as_microsecond();
@@ -477,7 +503,7 @@ impl Source {
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         let control_id = control_id(&p.topic, &p.payload);
         match self.envelopes(&topic, &control_id, received_at_us, &p.payload) {
-            Ok(items) => match self.queue.push_all(items).await {
+            Ok(items) => match self.push(items).await {
                 Ok(pushed) => {
                     let dups = pushed.iter().filter(|x| x.duplicate).count();
                     if dups > 0 {

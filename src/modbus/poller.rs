@@ -164,6 +164,7 @@ struct Device {
 pub struct Bus {
     transport: Transport,
     devices: Vec<Device>,
+    critical: Option<Arc<crate::critical::Notifier>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -208,10 +209,18 @@ impl Bus {
                 None => buses.push(Bus {
                     transport: config.transport.clone(),
                     devices: vec![device],
+                    critical: None,
                 }),
             }
         }
         buses
+    }
+
+    /// Classifies every reading against its tenant's critical rules (for example SpO2 < 85 %):
+    /// critical ones go in the critical lane and alert right after their commit.
+    pub fn with_critical(mut self, notifier: Arc<crate::critical::Notifier>) -> Bus {
+        self.critical = Some(notifier);
+        self
     }
 
     /// The names of the sources this loop polls.
@@ -245,8 +254,11 @@ impl Bus {
                 polled.at_us,
                 now,
                 transport,
-                &queue,
-                &metrics,
+                Sink {
+                    queue: &queue,
+                    metrics: &metrics,
+                    critical: self.critical.as_deref(),
+                },
             )
             .await;
             if polled.failed {
@@ -356,6 +368,13 @@ async fn poll(
     }
 }
 
+/// Where readings go: the queue, the counters, the critical-value check.
+struct Sink<'a> {
+    queue: &'a Queue,
+    metrics: &'a Metrics,
+    critical: Option<&'a crate::critical::Notifier>,
+}
+
 /// Pushes the values the deadbands let through, then records them as stored.
 async fn store(
     device: &mut Device,
@@ -363,9 +382,13 @@ async fn store(
     at_us: i64,
     now: Instant,
     transport: &Transport,
-    queue: &Queue,
-    metrics: &Metrics,
+    sink: Sink<'_>,
 ) {
+    let Sink {
+        queue,
+        metrics,
+        critical,
+    } = sink;
     let now_std = now.into_std();
     let keep: Vec<(usize, Decimal)> = values
         .into_iter()
@@ -411,7 +434,15 @@ async fn store(
             payload: payload.into(),
         });
     }
-    match queue.push_all(items).await {
+    let marked = match critical {
+        Some(n) => n.mark(&mut items),
+        None => Vec::new(),
+    };
+    let result = queue.push_all(items).await;
+    if let (Some(n), Ok(pushed)) = (critical, &result) {
+        n.raise_marked(&marked, pushed);
+    }
+    match result {
         Ok(pushed) => {
             for (i, value) in keep {
                 if let Some(d) = device.deadbands.get_mut(i) {

@@ -166,3 +166,53 @@ poll_interval = "100ms"
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_result_in_a_dropped_file_takes_the_critical_lane_and_alerts() {
+    let hook = crate::forward::webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let text = format!(
+        "data_dir = \"{data}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[alert.webhook]]\nurl = \"{hook}\"\n\
+         [[tenant]]\nid = \"north\"\n\
+         [[source]]\nname = \"lab-files\"\ntenant = \"north\"\nkind = \"file\"\ndir = \"{inbox}\"\npoll_interval = \"100ms\"\n",
+        data = dir.path().join("data").display(),
+        hook = hook.url,
+        inbox = inbox.display()
+    );
+    let critical = String::from_utf8(crate::forward::lab("FC2", "MRN1", 90))
+        .unwrap()
+        .replace("4.1|mmol/L|3.5-5.1|N", "7.9|mmol/L|3.5-5.1|HH");
+    let file = [
+        crate::forward::lab("FC1", "MRN1", 90),
+        critical.into_bytes(),
+    ]
+    .concat();
+    std::fs::write(inbox.join("two.hl7"), file).unwrap();
+    let gw = Gateway::start_text(dir, &text).await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hook.got.lock().unwrap().is_empty() && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alerts = hook.got.lock().unwrap().clone();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["kind"], "critical-result");
+    assert_eq!(alerts[0]["control_id"], "FC2");
+    assert_eq!(alerts[0]["source"], "lab-files");
+    let lanes: Vec<_> = gw
+        .queue()
+        .scan("north")
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.meta.control_id, e.lane))
+        .collect();
+    assert_eq!(
+        lanes,
+        [
+            ("FC1".to_owned(), caregate::envelope::Lane::Normal),
+            ("FC2".to_owned(), caregate::envelope::Lane::Critical)
+        ]
+    );
+    gw.stop().await;
+}

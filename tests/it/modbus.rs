@@ -482,3 +482,54 @@ async fn probe_prints_raw_words_and_decoded_values() {
     .unwrap_err();
     assert!(e.to_string().contains("no answer"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_below_a_critical_threshold_takes_the_critical_lane_and_alerts() {
+    let hook = crate::forward::webhook().await;
+    let dev = Device::default();
+    dev.set(1, 3, 0, &[97]); // SpO2 97 %
+    let addr = tcp_server(dev.clone()).await;
+    let sources = source(
+        "oximeter",
+        &format!("address = \"{addr}\"\nunit_id = 1"),
+        "poll_interval = \"50ms\"\nmax_silence = \"1h\"",
+        &[register("spo2", 3, 0, "u16", "unit = \"%\"\ndeadband = 1")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        dir.path(),
+        &format!(
+            "[[tenant.critical]]\ncode = \"spo2-code\"\nbelow = \"85\"\nunit = \"%\"\n\
+             [[alert.webhook]]\nurl = \"{}\"\n{sources}",
+            hook.url
+        ),
+    );
+    let gw = Gateway::start_text(dir, &text).await;
+    wait_for(|| async { readings(&gw, "oximeter").len() == 1 }).await;
+    assert!(hook.got.lock().unwrap().is_empty(), "97 % is not critical");
+    dev.set(1, 3, 0, &[82]);
+    wait_for(|| async { !hook.got.lock().unwrap().is_empty() }).await;
+    let alert = hook.got.lock().unwrap()[0].clone();
+    assert_eq!(alert["kind"], "critical-result", "{alert}");
+    assert_eq!(alert["source"], "oximeter");
+    assert_eq!(alert["results"][0]["code"], "spo2-code");
+    assert!(
+        !alert.to_string().contains("\"value\""),
+        "the value stays out of the alert: {alert}"
+    );
+    let lanes: Vec<_> = gw
+        .queue()
+        .scan("north")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.lane)
+        .collect();
+    assert_eq!(
+        lanes,
+        [
+            caregate::envelope::Lane::Normal,
+            caregate::envelope::Lane::Critical
+        ]
+    );
+    gw.stop().await;
+}

@@ -452,3 +452,56 @@ async fn sigkill_mid_burst_loses_and_duplicates_nothing_at_the_fhir_server() {
         .status();
     assert!(daemon.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_reading_takes_the_critical_lane_and_alerts() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let hook = crate::forward::webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), &broker.url(), "json", None).replace(
+        "[[source]]",
+        &format!(
+            "[[tenant.critical]]\ncode = \"150456\"\nbelow = \"85\"\nunit = \"%\"\n\
+             [[alert.webhook]]\nurl = \"{}\"\n[[source]]",
+            hook.url
+        ),
+    );
+    let g = Gateway::start_text(dir, &text).await;
+    connected(&g).await;
+    let mut p = Publisher::connect(broker.port).await;
+    p.publish("icu/bed1/vitals", &reading("dev1", "150456", "97", 1))
+        .await;
+    p.publish("icu/bed1/vitals", &reading("dev1", "150456", "81", 2))
+        .await;
+    eventually(10, "the critical-result alert", || async {
+        !hook.got.lock().unwrap().is_empty()
+    })
+    .await;
+    let alerts = hook.got.lock().unwrap().clone();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["kind"], "critical-result");
+    assert_eq!(alerts[0]["source"], "icu");
+    assert!(
+        alerts[0]["patient_ref"]
+            .as_str()
+            .is_some_and(|r| r.len() >= 32)
+    );
+    assert!(!alerts[0].to_string().contains("MRN-dev1"));
+    let lanes: Vec<_> = g
+        .queue()
+        .scan("north")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.lane)
+        .collect();
+    assert_eq!(
+        lanes,
+        [
+            caregate::envelope::Lane::Normal,
+            caregate::envelope::Lane::Critical
+        ]
+    );
+    g.stop().await;
+}
