@@ -271,6 +271,12 @@ impl Worker {
             let converted = handle.await.map_err(|_| Stopped)?;
             next = slices.pop_front().map(|s| self.convert(s));
             self.send_converted(converted).await?;
+            // A critical result stored behind this lease goes next: the rest of the lease is
+            // released (run() does it) and leased again after it.
+            if next.is_some() && self.queue.critical_ready(self.tenant()) {
+                tracing::debug!(tenant = %self.tenant(), "critical result waiting: lease cut short");
+                break;
+            }
         }
         Ok(())
     }

@@ -594,6 +594,30 @@ impl Queue {
         Ok(out)
     }
 
+    /// Whether `tenant` has a critical-lane envelope ready and not leased: the pipeline checks
+    /// between requests, so a critical result arriving behind a leased backlog goes next
+    /// instead of after it. An unreadable queue answers `false` (the next lease reports it).
+    pub fn critical_ready(&self, tenant: &str) -> bool {
+        let lane = Lane::Critical as u8;
+        let check = || -> Result<bool, Error> {
+            let db = self.inner.db();
+            let txn = db.begin_read().map_err(storage)?;
+            let ready = txn.open_table(READY).map_err(storage)?;
+            let leased = self.inner.leased.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in ready
+                .range((tenant, lane, "", 0u64)..=(tenant, lane, "\u{10FFFF}", u64::MAX))
+                .map_err(storage)?
+            {
+                let (key, _) = entry.map_err(storage)?;
+                if !leased.contains(&key.value().3) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        check().unwrap_or(false)
+    }
+
     /// Whether the writer thread answers within `within` (it is not stuck in a commit).
     pub async fn ping(&self, within: Duration) -> bool {
         let (reply, rx) = oneshot::channel();
@@ -1464,6 +1488,24 @@ mod tests {
 
     fn open(dir: &Path) -> Queue {
         Queue::open(dir, Limits::default(), Metrics::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn critical_ready_sees_only_unleased_critical_envelopes_of_the_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path());
+        q.push(item("t", "a", "1", Lane::Normal)).await.unwrap();
+        assert!(!q.critical_ready("t"), "normal lane only");
+        let backlog = q.lease("t", 10).unwrap();
+        q.push(item("u", "a", "c", Lane::Critical)).await.unwrap();
+        assert!(!q.critical_ready("t"), "another tenant's critical result");
+        q.push(item("t", "b", "c", Lane::Critical)).await.unwrap();
+        assert!(q.critical_ready("t"));
+        let crit = q.lease("t", 10).unwrap();
+        assert_eq!(crit.len(), 1);
+        assert!(!q.critical_ready("t"), "leased: already on its way");
+        q.release(&[crit[0].id, backlog[0].id]);
+        assert!(q.critical_ready("t"));
     }
 
     #[tokio::test]

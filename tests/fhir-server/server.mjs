@@ -362,6 +362,8 @@ async function onRequest(req, res) {
     return send(res, 404, outcome('error', 'not-found', 'not a FHIR endpoint; the base is /fhir'));
   }
   requests.push(entry);
+  // A slow (but working) server: each FHIR request waits before it is handled.
+  if (fault.mode === 'slow') await new Promise((r) => setTimeout(r, fault.ms));
   if (body === null) return reply(413, outcome('error', 'too-costly', `body larger than ${MAX_BODY} bytes`));
 
   const f = statusFault(body);
@@ -443,12 +445,13 @@ async function control(req, body) {
   const json = (body.length ? JSON.parse(body.toString('utf8')) : null) ?? {};
   const route = `${req.method} ${new URL(req.url, 'http://localhost').pathname}`;
   if (route === 'POST /fault') {
-    if (!['none', 'refuse', 'status'].includes(json.mode)) {
-      return [400, { error: 'mode must be none, refuse or status' }];
+    if (!['none', 'refuse', 'status', 'slow'].includes(json.mode)) {
+      return [400, { error: 'mode must be none, refuse, status or slow' }];
     }
     if (json.mode === 'status' && !Number.isInteger(json.status)) return [400, { error: 'status mode needs a status' }];
-    const { mode, status, retry_after = null, count = null, match = null } = json;
-    fault = { mode, status, retry_after, count, match };
+    if (json.mode === 'slow' && !Number.isInteger(json.ms)) return [400, { error: 'slow mode needs ms' }];
+    const { mode, status, retry_after = null, count = null, match = null, ms = 0 } = json;
+    fault = { mode, status, retry_after, count, match, ms };
     if (fault.mode === 'refuse') await refuse();
     else if (!server.listening) await listen();
     return [200, fault];

@@ -243,3 +243,76 @@ async fn a_withdrawn_patient_is_held_until_reinstated_and_required_holds_everyon
     assert_eq!(g.queue().parked(Some("north")).unwrap().len(), 1);
     g.stop().await;
 }
+
+/// The upstream works but slowly, and a backlog is being delivered (four requests' worth leased
+/// at a time): a critical result stored meanwhile goes right after the request on the wire, not
+/// after the rest of the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_result_cuts_into_a_backlog_being_delivered() {
+    let pki = pki();
+    let Some(server) = FhirServer::start(&pki, Options::default()).await else {
+        return;
+    };
+    // The backlog piles up while the upstream refuses connections, so the worker then leases
+    // four requests' worth at once.
+    server.set_fault(Fault::Refuse).await;
+    let g = start(
+        &pki,
+        &[Tenant {
+            id: "north",
+            source: "lab",
+            server: &server,
+            extra: "",
+        }],
+        None,
+    )
+    .await;
+    let mut c = client_for(&g, "lab").await;
+    let backlog: Vec<Vec<u8>> = (0..48)
+        .map(|i| lab(&format!("SB{i:03}"), &format!("MRN{}", i % 5), 90))
+        .collect();
+    send_all(&mut c, &backlog).await;
+    server.set_fault(Fault::Slow { ms: 600 }).await;
+    // After the outage the breaker's half-open probe goes first (one message); then a full
+    // request (8 messages) of the lease is on the wire.
+    eventually(10, "a full request on the wire", || async {
+        server
+            .requests()
+            .await
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count()
+            >= 2
+    })
+    .await;
+    let crit = critical_potassium("CRIT2", "MRN-CRIT-2");
+    send_all(&mut c, std::slice::from_ref(&crit)).await;
+    server.set_fault(Fault::None).await;
+    let mut ids: Vec<Vec<String>> = backlog
+        .iter()
+        .map(|m| observation_ids("north", "lab", m))
+        .collect();
+    ids.push(observation_ids("north", "lab", &crit));
+    eventually(30, "everything delivered", || async {
+        delivery_order(&server, &ids).await.len() == ids.len()
+    })
+    .await;
+    let order = delivery_order(&server, &ids).await;
+    let at = order.iter().position(|&i| i == 48).unwrap();
+    let sizes: Vec<_> = server
+        .requests()
+        .await
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| (r.status, r.entries))
+        .collect();
+    eprintln!(
+        "critical delivered at position {at} of {}; requests {sizes:?}",
+        order.len()
+    );
+    // Ahead of it: the probe (1 message) and the request on the wire when it arrived
+    // (batch_messages = 8); at most one more request if its send had begun. Without the cut it
+    // waits for the whole lease (position 33 here).
+    assert!(at <= 17, "critical behind the leased backlog: {order:?}");
+    g.stop().await;
+}

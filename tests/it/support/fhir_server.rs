@@ -44,6 +44,8 @@ pub enum Fault {
         #[serde(rename = "match")]
         matching: Option<String>,
     },
+    /// Works, but each FHIR request waits `ms` first (a slow link or a busy server).
+    Slow { ms: u64 },
 }
 
 impl Fault {
