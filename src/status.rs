@@ -150,50 +150,129 @@ pub struct SourceStatus {
 }
 
 impl std::fmt::Display for Status {
+    /// What `caregate status` prints: one line per tenant and per source, the columns of the
+    /// status page.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let age = |a: Option<u64>| a.map_or("-".to_owned(), |s| format!("{s}s"));
         writeln!(f, "caregate {} up {}s", self.version, self.uptime_seconds)?;
         writeln!(
             f,
-            "{:<14} {:<10} {:>8} {:>9} {:>6} {:>7}  LAST ERROR",
-            "TENANT", "UPSTREAM", "QUEUED", "FORWARDED", "DEAD", "OLDEST"
+            "{:<14} {:<10} {:>8} {:>9} {:>6} {:>6} {:>7} {:<5}  LAST ERROR (SINCE)",
+            "TENANT", "UPSTREAM", "QUEUED", "FORWARDED", "DEAD", "HELD", "OLDEST", "ALERT"
         )?;
         for t in &self.tenants {
-            let (state, err) = match &t.upstream {
-                None => ("none".to_owned(), String::new()),
-                Some(u) => (u.state.clone(), u.last_error.clone().unwrap_or_default()),
+            let (state, err, alert) = match &t.upstream {
+                None => ("none".to_owned(), String::new(), "-"),
+                Some(u) => {
+                    let mut err = u.last_error.clone().unwrap_or_default();
+                    if let Some(since) = &u.failing_since {
+                        err.push_str(&format!(" (failing since {since})"));
+                    }
+                    (
+                        u.state.clone(),
+                        err,
+                        if u.alert_active { "yes" } else { "no" },
+                    )
+                }
             };
             writeln!(
                 f,
-                "{:<14} {:<10} {:>8} {:>9} {:>6} {:>7}  {}",
+                "{:<14} {:<10} {:>8} {:>9} {:>6} {:>6} {:>7} {:<5}  {}",
                 t.tenant,
                 state,
                 t.queued,
                 t.forwarded,
                 t.dead_letters,
+                t.held,
                 age(t.oldest_queued_age_seconds),
-                err
+                alert,
+                err.trim()
             )?;
         }
         writeln!(
             f,
-            "{:<16} {:<14} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7}",
-            "SOURCE", "TENANT", "RECEIVED", "QUEUED", "FORWARDED", "DEAD", "REJECTED", "OLDEST"
+            "{:<16} {:<10} {:<14} {:>5} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7}  LAST MESSAGE",
+            "SOURCE",
+            "KIND",
+            "TENANT",
+            "CONN",
+            "RECEIVED",
+            "QUEUED",
+            "FORWARDED",
+            "DEAD",
+            "REJECTED",
+            "OLDEST"
         )?;
         for s in &self.sources {
             writeln!(
                 f,
-                "{:<16} {:<14} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7}",
+                "{:<16} {:<10} {:<14} {:>5} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7}  {}",
                 s.source,
+                s.kind,
                 s.tenant,
+                s.open_connections,
                 s.received,
                 s.queued,
                 s.forwarded,
                 s.dead_letters,
                 s.rejected,
-                age(s.oldest_queued_age_seconds)
+                age(s.oldest_queued_age_seconds),
+                s.last_received_at.as_deref().unwrap_or("-")
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_text_form_shows_held_alerts_failing_since_kind_connections_and_last_message() {
+        let doc = serde_json::json!({
+            "version": "0.1.0", "uptime_seconds": 7,
+            "tenants": [{"tenant": "north", "queued": 12, "ready": 9, "dead_letters": 1, "held": 2,
+                "oldest_queued_age_seconds": 40, "forwarded": 30, "dead_lettered": 1,
+                "upstream": {"endpoint": "https://cloud.example/fhir", "state": "open",
+                    "failing_since": "2026-11-24T05:00:00Z", "last_error": "HTTP 503",
+                    "alert_active": true}}],
+            "sources": [{"source": "lab", "tenant": "north", "kind": "mllp", "received": 43,
+                "queued": 12, "dead_letters": 1, "rejected": 3, "oldest_queued_age_seconds": 40,
+                "forwarded": 30, "dead_lettered": 1, "open_connections": 2,
+                "last_received_at": "2026-11-24T05:01:02Z"}]
+        });
+        let status: Status = serde_json::from_value(doc).unwrap();
+        let text = status.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        let tenant: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            &tenant[..8],
+            ["north", "open", "12", "30", "1", "2", "40s", "yes"],
+            "{text}"
+        );
+        assert!(
+            lines[2].ends_with("HTTP 503 (failing since 2026-11-24T05:00:00Z)"),
+            "{text}"
+        );
+        let source: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(
+            source,
+            [
+                "lab",
+                "mllp",
+                "north",
+                "2",
+                "43",
+                "12",
+                "30",
+                "1",
+                "3",
+                "40s",
+                "2026-11-24T05:01:02Z"
+            ],
+            "{text}"
+        );
     }
 }
