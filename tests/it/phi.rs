@@ -22,19 +22,11 @@ use caregate::mllp::client::Client;
 
 use crate::forward::webhook;
 use crate::support::fhir_server::{Fault, FhirServer, Options};
-use crate::support::{ADMIN_TOKEN, admin_token_toml, eventually, pki};
+use crate::support::{ADMIN_TOKEN, admin_token_toml, eventually, free_port, pki};
 
 const BIN: &str = env!("CARGO_BIN_EXE_caregate");
 /// Every canary contains this; nothing else in the test does.
 const CANARY: &str = "QXCANARY";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An ORU^R01 whose patient data are all canaries; `mrn` picks the path (held, refused, ...).
 fn canary_oru(control: &str, mrn: &str, obx: &str) -> Vec<u8> {

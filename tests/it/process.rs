@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use caregate::mllp::client::Client;
 
-use crate::support::{ADMIN_TOKEN, code, oru};
+use crate::support::{ADMIN_TOKEN, assert_stored_once, code, free_port, oru};
 
 /// The harness's system-admin `[[admin.token]]`.
 fn admin_token() -> String {
@@ -18,14 +18,6 @@ fn admin_token() -> String {
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_caregate");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Daemon {
     mllp: String,
@@ -155,22 +147,7 @@ async fn sigkill_under_eight_connection_load_loses_no_acknowledged_message() {
         caregate::metrics::Metrics::new(),
     )
     .unwrap();
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for e in queue.scan("north").unwrap() {
-        *counts.entry(e.meta.control_id).or_default() += 1;
-    }
-    let missing: Vec<&String> = acked
-        .iter()
-        .filter(|id| !counts.contains_key(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged messages lost, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    let doubled: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "stored more than once: {doubled:?}");
+    let counts = assert_stored_once(&queue, "north", &acked);
     eprintln!(
         "sigkill test: {} ACKed before the kill, {} stored after restart",
         acked.len(),

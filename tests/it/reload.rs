@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,15 +11,7 @@ use std::time::Duration;
 
 use caregate::mllp::client::Client;
 
-use crate::support::{self, ADMIN_TOKEN, Gateway, code, oru};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{self, ADMIN_TOKEN, Gateway, assert_stored_once, code, free_port, oru};
 
 fn config(dir: &Path, sources: &[(&str, u16)], extra: &str) -> String {
     let mut text = format!(
@@ -180,18 +171,7 @@ async fn under_load_a_source_added_a_port_moved_a_bad_file_refused_and_nothing_l
         before_move > 20 && after_move > 20,
         "load too small to mean anything: {before_move} before the move, {after_move} after"
     );
-    let queue = g.queue().clone();
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for e in queue.scan("north").unwrap() {
-        *counts.entry(e.meta.control_id).or_default() += 1;
-    }
-    let missing: Vec<&String> = acked
-        .iter()
-        .filter(|id| !counts.contains_key(*id))
-        .collect();
-    assert!(missing.is_empty(), "lost: {missing:?}");
-    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+    let counts = assert_stored_once(g.queue(), "north", &acked);
     assert!(counts.contains_key("ADDED-1") && counts.contains_key("ADDED-2"));
     eprintln!(
         "reload under load: {} messages ACKed, {} resent after a closed connection",

@@ -348,3 +348,39 @@ pub fn observation_ids_in(tenant: &str, source: &str, zone: &str, msg: &[u8]) ->
         .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// A loopback port free at the time of the call (for configs that need a fixed port: a
+/// reload that moves a source, a child process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Asserts that every id in `acked` is stored in `queue` for `tenant`, and nothing twice;
+/// returns how many copies of each control id are stored.
+pub fn assert_stored_once(
+    queue: &Queue,
+    tenant: &str,
+    acked: &[String],
+) -> std::collections::HashMap<String, usize> {
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for e in queue.scan(tenant).unwrap() {
+        *counts.entry(e.meta.control_id).or_default() += 1;
+    }
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let doubled: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "stored more than once: {doubled:?}");
+    counts
+}
