@@ -353,23 +353,10 @@ async fn consent_set(
         .inc();
     let mut released = Vec::new();
     if status == crate::consent::Status::Active {
-        let queue = a.queue.clone();
-        let t = tenant.clone();
-        let parked = tokio::task::spawn_blocking(move || queue.parked(Some(&t)))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let ids: Vec<u64> = parked
-            .into_iter()
-            .filter(|p| p.state == Parked::Held)
-            .filter(|p| {
-                serde_json::from_str::<serde_json::Value>(&p.reason)
-                    .ok()
-                    .is_some_and(|r| r["patient_ref"] == patient_ref.as_str())
-            })
-            .map(|p| p.id)
-            .collect();
-        released = crate::pipeline::release_held(&a.queue, &a.audit, &tenant, &ids, &actor).await;
+        released =
+            crate::pipeline::release_patient(&a.queue, &a.audit, &tenant, &patient_ref, &actor)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
     }
     Ok(Json(ConsentDone {
         tenant,

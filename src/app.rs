@@ -515,6 +515,18 @@ impl Running {
             consent: self.consent.clone(),
         };
         let trigger = self.trigger.child();
+        // The tenant's consent pull (when configured) shares the worker's life: a reload that
+        // changes the tenant restarts both.
+        let pull = upstream
+            .config()
+            .consent_pull
+            .map(|interval| crate::consent_pull::Puller {
+                upstream: upstream.clone(),
+                registry: self.consent.clone(),
+                queue: self.queue.clone(),
+                audit: self.audit.clone(),
+                interval,
+            });
         let w = Worker::new(upstream, services, conversion, trigger.subscribe());
         self.heartbeats
             .lock()
@@ -522,7 +534,16 @@ impl Running {
             .insert(tenant.id.clone(), (w.heartbeat(), request_timeout));
         let label = format!("forwarding for tenant {}", tenant.id);
         let fingerprint = tenant_fingerprint(&self.config, tenant);
-        let part = self.spawn_part(label, fingerprint, trigger, w.run());
+        let sd = trigger.subscribe();
+        let task = async move {
+            match pull {
+                Some(p) => {
+                    tokio::join!(w.run(), p.run(sd));
+                }
+                None => w.run().await,
+            }
+        };
+        let part = self.spawn_part(label, fingerprint, trigger, task);
         self.workers.insert(tenant.id.clone(), part);
     }
 

@@ -258,6 +258,17 @@ impl Registry {
         Ok(patient_ref)
     }
 
+    /// The recorded status of a patient, if any.
+    pub fn status_of(&self, tenant: &str, system: &str, value: &str) -> Option<Status> {
+        let patient_ref = self.patient_ref_of(tenant, system, value);
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .tenants
+            .get(tenant)
+            .and_then(|m| m.get(&patient_ref))
+            .map(|s| s.status)
+    }
+
     /// A tenant's entries (hashes only), in hash order.
     pub fn list(&self, tenant: &str) -> Vec<Entry> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -375,5 +386,100 @@ mod tests {
             r.patient_ref_of("t", "urn:x", "A"),
             r.patient_ref_of("u", "urn:x", "A")
         );
+    }
+}
+
+/// What a FHIR R4 Consent resource says about a patient, as the registry records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FhirConsent {
+    /// `Consent.patient.identifier.system`.
+    pub system: String,
+    /// `Consent.patient.identifier.value`.
+    pub value: String,
+    /// The status it means here.
+    pub status: Status,
+    /// `meta.lastUpdated` (RFC 3339; the latest Consent of a patient wins).
+    pub updated: String,
+}
+
+/// Reads a Consent resource:
+/// - `status = active` with `provision.type = deny` → withdrawn; `active` otherwise (permit, or
+///   no provision) → active;
+/// - `inactive` or `rejected` (consent no longer given, or refused) → withdrawn;
+/// - `draft`, `proposed`, `entered-in-error` and anything else → not a decision (`None`).
+///
+/// The patient must be named by identifier (`patient.identifier`, a logical reference): the
+/// registry matches identifiers, and a literal `Patient/123` reference names a resource on the
+/// platform that caregate cannot map back to the identifiers in HL7 messages (`None`).
+pub fn from_fhir(resource: &serde_json::Value) -> Option<FhirConsent> {
+    if resource["resourceType"] != "Consent" {
+        return None;
+    }
+    let identifier = &resource["patient"]["identifier"];
+    let system = identifier["system"].as_str()?.trim();
+    let value = identifier["value"].as_str()?.trim();
+    if system.is_empty() || value.is_empty() {
+        return None;
+    }
+    let status = match resource["status"].as_str()? {
+        "active" if resource["provision"]["type"] == "deny" => Status::Withdrawn,
+        "active" => Status::Active,
+        "inactive" | "rejected" => Status::Withdrawn,
+        _ => return None,
+    };
+    Some(FhirConsent {
+        system: system.to_owned(),
+        value: value.to_owned(),
+        status,
+        updated: resource["meta"]["lastUpdated"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod fhir_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn consent(status: &str, provision: Option<&str>) -> serde_json::Value {
+        let mut c = json!({"resourceType": "Consent", "status": status,
+            "meta": {"lastUpdated": "2026-11-24T05:00:00Z"},
+            "patient": {"identifier": {"system": "urn:oid:1.2.3", "value": "MRN-1"}}});
+        if let Some(p) = provision {
+            c["provision"] = json!({"type": p});
+        }
+        c
+    }
+
+    #[test]
+    fn consent_status_and_provision_map_to_the_registry() {
+        let status = |s, p| from_fhir(&consent(s, p)).map(|c| c.status);
+        assert_eq!(status("active", None), Some(Status::Active));
+        assert_eq!(status("active", Some("permit")), Some(Status::Active));
+        assert_eq!(status("active", Some("deny")), Some(Status::Withdrawn));
+        assert_eq!(status("inactive", None), Some(Status::Withdrawn));
+        assert_eq!(status("rejected", Some("permit")), Some(Status::Withdrawn));
+        for s in ["draft", "proposed", "entered-in-error", "bogus"] {
+            assert_eq!(status(s, None), None, "{s}");
+        }
+        let c = from_fhir(&consent("active", None)).unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            (c.system.as_str(), c.value.as_str()),
+            ("urn:oid:1.2.3", "MRN-1")
+        );
+        assert_eq!(c.updated, "2026-11-24T05:00:00Z");
+    }
+
+    #[test]
+    fn a_consent_without_a_patient_identifier_or_of_another_type_is_not_read() {
+        let mut literal = consent("active", None);
+        literal["patient"] = json!({"reference": "Patient/123"});
+        assert_eq!(from_fhir(&literal), None);
+        let mut other = consent("active", None);
+        other["resourceType"] = json!("Patient");
+        assert_eq!(from_fhir(&other), None);
+        assert_eq!(from_fhir(&json!(null)), None);
     }
 }

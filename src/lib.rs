@@ -66,6 +66,7 @@
 //! - [`access`]: admin API tokens (hashed at rest) and the role decision table.
 //! - [`critical`]: critical results (flags, per-code thresholds) → critical lane + alert.
 //! - [`consent`]: per-tenant consent registry (keyed hashes); withdrawn patients are held.
+//! - [`consent_pull`]: optional periodic read of the platform's FHIR Consent resources into it.
 //! - [`shutdown`]: shutdown signalling; [`cli`]: the command line.
 //! - [`systemd`]: `READY=1`, `STATUS=`, `STOPPING=1`, `WATCHDOG=1` for the service manager.
 
@@ -78,6 +79,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod consent;
+pub mod consent_pull;
 pub mod convert;
 pub mod critical;
 pub mod envelope;

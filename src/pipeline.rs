@@ -876,6 +876,33 @@ fn prepare(c: &Conversion, env: Envelope) -> Prepare {
     ))
 }
 
+/// Releases a patient's held messages (their consent was recorded as active): the held
+/// envelopes of `tenant` whose hold names `patient_ref`, in their original order.
+pub async fn release_patient(
+    queue: &Queue,
+    audit: &crate::audit::Recorder,
+    tenant: &str,
+    patient_ref: &str,
+    actor: &str,
+) -> Result<Vec<u64>, crate::queue::Error> {
+    let q = queue.clone();
+    let t = tenant.to_owned();
+    let parked = tokio::task::spawn_blocking(move || q.parked(Some(&t)))
+        .await
+        .map_err(|_| crate::queue::Error::Closed)??;
+    let ids: Vec<u64> = parked
+        .into_iter()
+        .filter(|p| p.state == Parked::Held)
+        .filter(|p| {
+            serde_json::from_str::<serde_json::Value>(&p.reason)
+                .ok()
+                .is_some_and(|r| r["patient_ref"] == patient_ref)
+        })
+        .map(|p| p.id)
+        .collect();
+    Ok(release_held(queue, audit, tenant, &ids, actor).await)
+}
+
 /// Returns held envelopes to the ready queue in id order (their original order), recording
 /// `consent-released` for each; returns the ids released.
 pub async fn release_held(

@@ -171,6 +171,45 @@ impl Upstream {
         }
     }
 
+    /// GETs a FHIR JSON document: `path` relative to the base URL (`Consent?_count=100`), or
+    /// an absolute URL under it (a search's `next` link). Errors name the status or transport
+    /// class, never a body. Answers above `max_bytes` are refused.
+    pub async fn get_json(
+        &self,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<serde_json::Value, String> {
+        let base = self.config.url.as_str().trim_end_matches('/');
+        let url = if path.starts_with("https://") {
+            if !path.starts_with(base) {
+                return Err("a link outside the upstream's base URL was not followed".into());
+            }
+            path.to_owned()
+        } else {
+            format!("{base}/{}", path.trim_start_matches('/'))
+        };
+        let mut req = self.http.get(url).header(ACCEPT, FHIR_JSON);
+        if let Some(v) = self.authorization().await? {
+            req = req.header(AUTHORIZATION, v);
+        }
+        let mut resp = req.send().await.map_err(|e| describe(&e))?;
+        let status = resp.status();
+        if status.as_u16() == 401 {
+            self.invalidate_token().await;
+        }
+        if !status.is_success() {
+            return Err(format!("HTTP {}", status.as_u16()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+            if body.len() + chunk.len() > max_bytes {
+                return Err(format!("answer larger than {max_bytes} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|_| "the answer is not JSON".to_owned())
+    }
+
     /// Forgets the cached token so the next request fetches (or re-reads) a fresh one.
     pub async fn invalidate_token(&self) {
         *self.token.lock().await = None;

@@ -51,6 +51,9 @@ pub struct Config {
     pub alert_after: Duration,
     /// While the outage lasts, the alert is repeated this often.
     pub alert_repeat: Duration,
+    /// How often to read the tenant's FHIR Consent resources from the upstream
+    /// ([`crate::consent_pull`]); `None`: consent changes come through the admin API only.
+    pub consent_pull: Option<Duration>,
 }
 
 /// How requests authenticate.
@@ -98,6 +101,7 @@ pub(crate) struct RawConfig {
     breaker_open_for: Option<HumanDuration>,
     alert_after: Option<HumanDuration>,
     alert_repeat: Option<HumanDuration>,
+    consent_pull: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,7 +232,15 @@ impl RawConfig {
         if breaker_failures == 0 {
             return Err(("breaker_failures".into(), "must be at least 1".into()));
         }
+        let consent_pull = match self.consent_pull {
+            None => None,
+            Some(d) if d.0 < Duration::from_secs(1) => {
+                return Err(("consent_pull".into(), "must be at least 1s".into()));
+            }
+            Some(d) => Some(d.0),
+        };
         Ok(Config {
+            consent_pull,
             url,
             ca_file,
             client_cert,
@@ -256,6 +268,19 @@ mod tests {
         let text = format!("url = \"https://fhir.example.org/fhir\"\n{extra}");
         let r: RawConfig = toml::from_str(&text).unwrap();
         r.validate(Path::new("/"))
+    }
+
+    #[test]
+    fn consent_pull_is_off_by_default_and_at_least_a_second() {
+        assert_eq!(raw("").unwrap().consent_pull, None);
+        assert_eq!(
+            raw("consent_pull = \"5m\"").unwrap().consent_pull,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            raw("consent_pull = \"500ms\"").unwrap_err().0,
+            "consent_pull"
+        );
     }
 
     #[test]

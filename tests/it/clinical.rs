@@ -316,3 +316,90 @@ async fn a_critical_result_cuts_into_a_backlog_being_delivered() {
     assert!(at <= 17, "critical behind the leased backlog: {order:?}");
     g.stop().await;
 }
+
+fn fhir_consent(value: &str, status: &str, provision: Option<&str>) -> Value {
+    let mut c = serde_json::json!({
+        "resourceType": "Consent",
+        "status": status,
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "patient": {"identifier": {"system": "urn:caregate:north:identifiers:NORTH-MRN", "value": value}},
+    });
+    if let Some(p) = provision {
+        c["provision"] = serde_json::json!({"type": p});
+    }
+    c
+}
+
+/// `consent_pull`: the platform's Consent resources decide. A withdrawal found there holds the
+/// patient's messages; a newer Consent that permits releases them; a Consent naming its patient
+/// only by a literal reference changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_pulled_from_the_upstream_holds_and_releases() {
+    let pki = pki();
+    let Some(server) = FhirServer::start(&pki, Options::default()).await else {
+        return;
+    };
+    server
+        .create(fhir_consent("PULLMRN", "active", Some("deny")))
+        .await;
+    let mut literal = fhir_consent("OTHER", "active", Some("deny"));
+    literal["patient"] = serde_json::json!({"reference": "Patient/123"});
+    server.create(literal).await;
+    let g = start(
+        &pki,
+        &[Tenant {
+            id: "north",
+            source: "lab",
+            server: &server,
+            extra: "consent_pull = \"1s\"",
+        }],
+        None,
+    )
+    .await;
+    let url = format!("http://{}/consent/north", g.running().admin);
+    let list = || async {
+        reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(crate::support::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    eventually(10, "the withdrawal pulled", || async {
+        list().await.as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    assert_eq!(list().await[0]["status"], "withdrawn");
+
+    let mut c = client_for(&g, "lab").await;
+    send_all(
+        &mut c,
+        &[lab("PULL-1", "PULLMRN", 91), lab("PULL-2", "OTHER", 92)],
+    )
+    .await;
+    eventually(20, "the other patient forwarded", || async {
+        server.count("Observation").await == 2
+    })
+    .await;
+    eventually(10, "one message held", || async {
+        g.running().admin_api.status().await.unwrap().tenants[0].held == 1
+    })
+    .await;
+
+    // The patient consents again (a newer Consent): the held message goes.
+    server
+        .create(fhir_consent("PULLMRN", "active", Some("permit")))
+        .await;
+    eventually(20, "the held message released and forwarded", || async {
+        server.count("Observation").await == 4
+    })
+    .await;
+    assert_eq!(list().await[0]["status"], "active");
+    assert!(audit_text(&g, "north").contains("ConsentReleased"));
+    g.stop().await;
+}
