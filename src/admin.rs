@@ -336,6 +336,7 @@ async fn consent_set(
         ));
     }
     let registry = a.registry()?.clone();
+    let identifier = format!("{}|{}", change.system.trim(), change.value.trim());
     let (t, c) = (tenant.clone(), change);
     let (patient_ref, status) = tokio::task::spawn_blocking(move || {
         registry
@@ -346,6 +347,17 @@ async fn consent_set(
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::internal(e.to_string()))?;
     let actor = peer.ip().to_string();
+    a.audit.record(
+        status.audit_action(),
+        crate::audit::ActorKind::Token,
+        crate::audit::Purpose::Operations,
+        crate::audit::Event {
+            tenant: Some(&tenant),
+            actor: &caller.name,
+            patient: Some(&identifier),
+            ..crate::audit::Event::default()
+        },
+    );
     tracing::info!(action = "consent", tenant = %tenant, patient_ref = %patient_ref, status = ?status, token = %caller.name, peer = %peer, "operator action");
     a.metrics
         .operator_actions

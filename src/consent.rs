@@ -38,6 +38,16 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+impl Status {
+    /// The audit action that records this status.
+    pub fn audit_action(self) -> crate::audit::Action {
+        match self {
+            Status::Active => crate::audit::Action::ConsentGranted,
+            Status::Withdrawn => crate::audit::Action::ConsentWithdrawn,
+        }
+    }
+}
+
 /// A tenant's consent policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -120,6 +120,7 @@ impl Puller {
             if self.registry.status_of(&tenant, &system, &value) == Some(status) {
                 continue;
             }
+            let identifier = format!("{system}|{value}");
             let registry = self.registry.clone();
             let t = tenant.clone();
             let patient_ref =
@@ -128,6 +129,17 @@ impl Puller {
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
             out.changed += 1;
+            self.audit.record(
+                status.audit_action(),
+                crate::audit::ActorKind::System,
+                crate::audit::Purpose::Operations,
+                crate::audit::Event {
+                    tenant: Some(&tenant),
+                    actor: "consent-pull",
+                    patient: Some(&identifier),
+                    ..crate::audit::Event::default()
+                },
+            );
             tracing::info!(tenant = %tenant, patient_ref = %patient_ref, status = ?status,
                 "consent recorded from the upstream");
             if status == Status::Active {

@@ -345,6 +345,11 @@ pub enum Action {
     ConsentHeld,
     /// Released after consent was restored.
     ConsentReleased,
+    /// A patient's consent was recorded as given or reinstated (operator, CLI or the
+    /// platform's Consent resources).
+    ConsentGranted,
+    /// A patient's consent was recorded as withdrawn.
+    ConsentWithdrawn,
     /// A critical-value alert was raised.
     AlertRaised,
     /// The configuration was reloaded.
@@ -851,6 +856,8 @@ mod tests {
             (Action::Purged, "purged"),
             (Action::ConsentHeld, "consent-held"),
             (Action::ConsentReleased, "consent-released"),
+            (Action::ConsentGranted, "consent-granted"),
+            (Action::ConsentWithdrawn, "consent-withdrawn"),
             (Action::AlertRaised, "alert-raised"),
             (Action::ConfigReloaded, "config-reloaded"),
         ];

@@ -205,6 +205,10 @@ async fn a_withdrawn_patient_is_held_until_reinstated_and_required_holds_everyon
     assert!(g.queue().parked(Some("north")).unwrap().is_empty());
     let audit = audit_text(&g, "north");
     assert!(audit.contains("ConsentHeld") && audit.contains("ConsentReleased"));
+    assert!(
+        audit.contains("ConsentWithdrawn") && audit.contains("ConsentGranted"),
+        "the operator's consent changes are in the trail"
+    );
     g.stop().await;
 
     // consent = "required": nobody without a consent on file.
@@ -400,6 +404,18 @@ async fn consent_pulled_from_the_upstream_holds_and_releases() {
     })
     .await;
     assert_eq!(list().await[0]["status"], "active");
-    assert!(audit_text(&g, "north").contains("ConsentReleased"));
+    let audit = audit_text(&g, "north");
+    for action in [
+        "ConsentWithdrawn",
+        "ConsentGranted",
+        "ConsentHeld",
+        "ConsentReleased",
+    ] {
+        assert!(audit.contains(action), "no {action} in the audit trail");
+    }
+    assert!(
+        !audit.contains("PULLMRN"),
+        "the identifier is hashed in the trail"
+    );
     g.stop().await;
 }
