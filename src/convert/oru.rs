@@ -21,7 +21,8 @@ use super::datatype::{self, rep_text, text};
 use super::party::{self, Mode};
 use super::pcd;
 use super::{
-    Context, Error, ObxOutcome, ObxReason, Report, TimeKind, WarningKind, codes, convert_time, id,
+    Context, Error, ObxOutcome, ObxReason, Report, TimeKind, TimeOutcome, WarningKind, codes, id,
+    time_outcome,
 };
 use crate::fhir::{
     Annotation, Attachment, Bundle, CodeableConcept, Coding, Decimal, DiagnosticReport, Entry,
@@ -94,17 +95,17 @@ pub(crate) struct Conv<'c, 'r> {
     pub report: &'r mut Report,
     pub control_id: String,
     pub bundle: Bundle,
+    /// Date/times converted so far in this message, by text and kind: the same timestamp
+    /// usually repeats in every OBX (OBX-14, OBX-19), and converting it is the costly part.
+    pub times: Vec<(String, TimeKind, TimeOutcome)>,
 }
 
 impl Conv<'_, '_> {
     pub(crate) fn derive(&self, kind: &str, segment: usize) -> String {
-        id::derive(&[
-            self.ctx.tenant,
-            self.ctx.source,
-            &self.control_id,
-            kind,
-            &segment.to_string(),
-        ])
+        id::derive_numbered(
+            &[self.ctx.tenant, self.ctx.source, &self.control_id, kind],
+            Some(segment),
+        )
     }
 
     /// Pushes an entry unless one with the same fullUrl is already in the Bundle.
@@ -117,7 +118,17 @@ impl Conv<'_, '_> {
     }
 
     fn time(&mut self, segment: usize, field: &str, raw: &str, kind: TimeKind) -> Option<String> {
-        convert_time(self.ctx, self.report, segment, field, raw, kind)
+        let known = self
+            .times
+            .iter()
+            .find(|(r, k, _)| *k == kind && r == raw)
+            .map(|(_, _, outcome)| outcome.clone());
+        let outcome = known.unwrap_or_else(|| {
+            let outcome = time_outcome(self.ctx, raw, kind);
+            self.times.push((raw.to_owned(), kind, outcome.clone()));
+            outcome
+        });
+        outcome.report(self.report, segment, field)
     }
 }
 
@@ -153,6 +164,7 @@ pub(crate) fn convert(
         report,
         control_id: header.control_id.to_owned(),
         bundle: Bundle::transaction(),
+        times: Vec::new(),
     };
     for (i, seg) in message.segments().iter().enumerate() {
         let index = i + 1;

@@ -136,7 +136,13 @@ impl Bundle {
     pub fn to_json(&self) -> String {
         // Serialization of these types cannot fail: no maps with non-string keys, no
         // fallible Serialize impls (Decimal falls back to a string).
-        serde_json::to_string(self).unwrap_or_default()
+        // Sized for the usual entry (about 1 KB) so the buffer is not regrown a dozen times.
+        let mut out = Vec::with_capacity(256 + self.entry.len() * 1280);
+        match serde_json::to_writer(&mut out, self) {
+            // serde_json writes UTF-8 only.
+            Ok(()) => String::from_utf8(out).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     /// Counts entries of a resource type.
