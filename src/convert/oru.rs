@@ -209,7 +209,7 @@ pub(crate) fn convert(
                 conv.report.obx_in += 1;
                 let order = last_or_new(&mut group.orders);
                 let specimen =
-                    current_specimen.map(|s| format!("urn:uuid:{}", conv.derive("Specimen", s)));
+                    current_specimen.map(|s| ["urn:uuid:", &conv.derive("Specimen", s)].concat());
                 order.rows.push(Row {
                     index,
                     seg,
@@ -428,7 +428,7 @@ fn diagnostic_report(
     });
     dr.result = observations
         .iter()
-        .map(|(id, _)| Reference::to(&format!("urn:uuid:{id}")))
+        .map(|(id, _)| Reference::to(&["urn:uuid:", id].concat()))
         .collect();
     dr
 }

@@ -498,13 +498,23 @@ impl<'a> Segment<'a> {
     }
 
     /// The `|`-separated elements after the id and the first separator; none for a bare id.
-    fn elements(&self) -> Parts<'a> {
-        match self.raw.get(4..) {
-            Some(rest) if !self.separator().is_empty() => {
-                Parts::keep_empty(rest, Some(self.delimiters.field))
+    /// The recorded ones come from the index, the rest from a scan of the remaining text.
+    fn elements(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        let seg = *self;
+        let (indexed, tail) = if self.separator().is_empty() {
+            (0, Parts::none())
+        } else {
+            let len = usize::from(self.index.len);
+            let start = match len.checked_sub(1) {
+                None => Some(4),
+                Some(i) => self.index.seps.get(i).map(|&at| usize::from(at) + 1),
+            };
+            match start.and_then(|start| self.raw.get(start..)) {
+                Some(rest) => (len, Parts::keep_empty(rest, Some(self.delimiters.field))),
+                None => (0, Parts::none()),
             }
-            _ => Parts::none(),
-        }
+        };
+        (0..indexed).map(move |k| seg.element(k)).chain(tail)
     }
 }
 
