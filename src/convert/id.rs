@@ -48,27 +48,17 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
         for i in 16..80 {
             w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
         }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
-                _ => (b ^ c ^ d, 0xCA62_C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (hv, v) in h.iter_mut().zip([a, b, c, d, e]) {
+        let mut v = h;
+        // Four rounds of 20 steps, each with its own function and constant (one loop per
+        // round, so there is no per-step branch on the step number).
+        let (w0, w1, w2, w3) = (&w[..20], &w[20..40], &w[40..60], &w[60..]);
+        rounds(&mut v, w0, 0x5A82_7999, |b, c, d| (b & c) | (!b & d));
+        rounds(&mut v, w1, 0x6ED9_EBA1, |b, c, d| b ^ c ^ d);
+        rounds(&mut v, w2, 0x8F1B_BCDC, |b, c, d| {
+            (b & c) | (b & d) | (c & d)
+        });
+        rounds(&mut v, w3, 0xCA62_C1D6, |b, c, d| b ^ c ^ d);
+        for (hv, v) in h.iter_mut().zip(v) {
             *hv = hv.wrapping_add(v);
         }
     }
@@ -77,6 +67,26 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
         chunk.copy_from_slice(&v.to_be_bytes());
     }
     out
+}
+
+/// SHA-1 steps over `words` with round constant `k` and round function `f` (FIPS 180-4 §6.1.2).
+#[inline(always)]
+fn rounds(state: &mut [u32; 5], words: &[u32], k: u32, f: impl Fn(u32, u32, u32) -> u32) {
+    let [mut a, mut b, mut c, mut d, mut e] = *state;
+    for wi in words {
+        let t = a
+            .rotate_left(5)
+            .wrapping_add(f(b, c, d))
+            .wrapping_add(e)
+            .wrapping_add(k)
+            .wrapping_add(*wi);
+        e = d;
+        d = c;
+        c = b.rotate_left(30);
+        b = a;
+        a = t;
+    }
+    *state = [a, b, c, d, e];
 }
 
 /// RFC 4122 version-5 UUID of `name` in `namespace`, lower-case hyphenated.
