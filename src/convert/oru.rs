@@ -539,10 +539,10 @@ pub(crate) struct Flags {
 pub(crate) fn flags(conv: &mut Conv<'_, '_>, index: usize, obx: &Segment<'_>) -> Flags {
     let mut out = Flags::default();
     for rep in obx.field(8).repetitions() {
-        let Some(code) = text(rep.component(1)) else {
+        let Some(code) = datatype::text_cow(rep.component(1)) else {
             continue;
         };
-        let system = text(rep.component(3));
+        let system = datatype::text_cow(rep.component(3));
         let table_0078 = system.as_deref().is_none_or(|s| {
             s.eq_ignore_ascii_case("HL70078") || s.eq_ignore_ascii_case("HL7 0078")
         });
@@ -616,7 +616,7 @@ pub(crate) fn observation(
         return None;
     }
     let mut obs = Observation::default();
-    let status_code = text(obx.field(11).component(1));
+    let status_code = datatype::text_cow(obx.field(11).component(1));
     let (status, status_dar) = match status_code.as_deref().map(codes::observation_status) {
         Some(Some((s, d))) => (s, d),
         Some(None) => {
@@ -812,7 +812,7 @@ pub(crate) fn value(conv: &mut Conv<'_, '_>, row: &Row<'_>, unit: &Quantity) -> 
     let reps: Vec<Repetition<'_>> = obx
         .field(5)
         .repetitions()
-        .filter(|r| rep_text(*r).is_some())
+        .filter(|r| datatype::rep_has_text(*r))
         .collect();
     if reps.is_empty() {
         return ValueOut::None;
