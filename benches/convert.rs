@@ -3,6 +3,11 @@
 //! Run: `cargo bench --bench convert` (release profile). Reports messages per second on one
 //! core (single-threaded loop) for a typical 10-OBX lab result and a 120-OBX one; the target
 //! for the typical message is >= 20,000 msg/s per core.
+//!
+//! For instruction counts (repeatable on a loaded machine), run a fixed number of iterations of
+//! one message instead of timing: `CONVERT_BENCH_ITERS=1000 CONVERT_BENCH_ONLY=typical` (or
+//! `large`) on the bench binary under `valgrind --tool=callgrind`; subtract a run with
+//! `CONVERT_BENCH_ITERS=0` for the fixed start-up cost and divide by the iterations.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -35,7 +40,28 @@ fn message(obx: usize) -> Vec<u8> {
     m.into_bytes()
 }
 
+/// One parse + convert + serialize; the JSON length.
+fn once(ctx: &Context<'_>, raw: &[u8]) -> usize {
+    let json = convert::convert_bytes(ctx, black_box(raw))
+        .map(|c| c.bundle.to_json())
+        .unwrap_or_default();
+    let len = json.len();
+    black_box(json);
+    len
+}
+
 fn bench(name: &str, raw: &[u8], ctx: &Context<'_>) {
+    if let Some(iters) = std::env::var("CONVERT_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let mut bytes = 0;
+        for _ in 0..iters {
+            bytes = once(ctx, raw);
+        }
+        println!("{name}: {iters} iterations, {bytes} B JSON out");
+        return;
+    }
     // Warm up, then run for about two seconds.
     for _ in 0..200 {
         black_box(
@@ -49,11 +75,7 @@ fn bench(name: &str, raw: &[u8], ctx: &Context<'_>) {
     let mut bytes = 0usize;
     while start.elapsed() < Duration::from_secs(2) {
         for _ in 0..100 {
-            let json = convert::convert_bytes(ctx, black_box(raw))
-                .map(|c| c.bundle.to_json())
-                .unwrap_or_default();
-            bytes = json.len();
-            black_box(json);
+            bytes = once(ctx, raw);
             n += 1;
         }
     }
@@ -81,6 +103,11 @@ fn main() {
         identifier_systems: &systems,
         system_base: "urn:caregate",
     };
-    bench("ORU^R01 10 OBX (typical)", &message(10), &ctx);
-    bench("ORU^R01 120 OBX (large)", &message(120), &ctx);
+    let only = std::env::var("CONVERT_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "typical" {
+        bench("ORU^R01 10 OBX (typical)", &message(10), &ctx);
+    }
+    if only.is_empty() || only == "large" {
+        bench("ORU^R01 120 OBX (large)", &message(120), &ctx);
+    }
 }

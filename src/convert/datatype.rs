@@ -19,12 +19,25 @@ use crate::hl7::{Component, Repetition};
 
 /// Unescaped, trimmed text of a component; `None` when empty or the HL7 null `""`.
 pub fn text(c: Component<'_>) -> Option<String> {
+    text_cow(c).map(Cow::into_owned)
+}
+
+/// [`text`] borrowing the message when the component has no escapes (for values that are only
+/// looked at, not kept).
+pub fn text_cow(c: Component<'_>) -> Option<Cow<'_, str>> {
     if c.is_empty() || c.is_null() {
         return None;
     }
-    let t = c.text();
-    let trimmed = t.trim();
-    (!trimmed.is_empty()).then(|| trimmed.to_owned())
+    match c.text() {
+        Cow::Borrowed(t) => {
+            let trimmed = t.trim();
+            (!trimmed.is_empty()).then_some(Cow::Borrowed(trimmed))
+        }
+        Cow::Owned(t) => {
+            let trimmed = t.trim();
+            (!trimmed.is_empty()).then(|| Cow::Owned(trimmed.to_owned()))
+        }
+    }
 }
 
 /// Unescaped text of subcomponent `n` of a component (`None` when empty).
@@ -32,6 +45,11 @@ pub fn sub(c: Component<'_>, n: usize) -> Option<String> {
     let t: Cow<'_, str> = c.subcomponent_text(n);
     let trimmed = t.trim();
     (!trimmed.is_empty() && trimmed != "\"\"").then(|| trimmed.to_owned())
+}
+
+/// Whether [`rep_text`] is `Some`, without building the text.
+pub fn rep_has_text(r: Repetition<'_>) -> bool {
+    !r.is_empty() && !r.is_null() && !r.text().trim().is_empty()
 }
 
 /// Whole-repetition text (`None` when empty or null).
@@ -390,7 +408,7 @@ pub fn xon_reference(ctx: &Context<'_>, r: Repetition<'_>) -> Option<Reference> 
 pub fn unit(r: Repetition<'_>) -> Quantity {
     let code = text(r.component(1));
     let display = text(r.component(2));
-    let system = text(r.component(3)).map(|s| s.to_ascii_uppercase());
+    let system = text_cow(r.component(3)).map(|s| s.to_ascii_uppercase());
     let mut q = Quantity::default();
     match (code, system.as_deref()) {
         (None, _) => {

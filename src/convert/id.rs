@@ -28,15 +28,19 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
         0xC3D2_E1F0,
     ];
     let bit_len = (data.len() as u64).wrapping_mul(8);
-    let mut tail = Vec::with_capacity(128);
+    // The last partial block, the 0x80 marker, zero padding and the length: one or two blocks,
+    // built on the stack.
     let full = data.len() / 64 * 64;
-    tail.extend_from_slice(&data[full..]);
-    tail.push(0x80);
-    while tail.len() % 64 != 56 {
-        tail.push(0);
-    }
-    tail.extend_from_slice(&bit_len.to_be_bytes());
-    for block in data[..full].chunks_exact(64).chain(tail.chunks_exact(64)) {
+    let rest = &data[full..];
+    let mut tail = [0u8; 128];
+    tail[..rest.len()].copy_from_slice(rest);
+    tail[rest.len()] = 0x80;
+    let tail_len = if rest.len() < 56 { 64 } else { 128 };
+    tail[tail_len - 8..tail_len].copy_from_slice(&bit_len.to_be_bytes());
+    for block in data[..full]
+        .chunks_exact(64)
+        .chain(tail[..tail_len].chunks_exact(64))
+    {
         let mut w = [0u32; 80];
         for (i, word) in block.chunks_exact(4).enumerate() {
             w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
@@ -44,27 +48,17 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
         for i in 16..80 {
             w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
         }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
-                _ => (b ^ c ^ d, 0xCA62_C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (hv, v) in h.iter_mut().zip([a, b, c, d, e]) {
+        let mut v = h;
+        // Four rounds of 20 steps, each with its own function and constant (one loop per
+        // round, so there is no per-step branch on the step number).
+        let (w0, w1, w2, w3) = (&w[..20], &w[20..40], &w[40..60], &w[60..]);
+        rounds(&mut v, w0, 0x5A82_7999, |b, c, d| (b & c) | (!b & d));
+        rounds(&mut v, w1, 0x6ED9_EBA1, |b, c, d| b ^ c ^ d);
+        rounds(&mut v, w2, 0x8F1B_BCDC, |b, c, d| {
+            (b & c) | (b & d) | (c & d)
+        });
+        rounds(&mut v, w3, 0xCA62_C1D6, |b, c, d| b ^ c ^ d);
+        for (hv, v) in h.iter_mut().zip(v) {
             *hv = hv.wrapping_add(v);
         }
     }
@@ -75,12 +69,37 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
     out
 }
 
+/// SHA-1 steps over `words` with round constant `k` and round function `f` (FIPS 180-4 §6.1.2).
+#[inline(always)]
+fn rounds(state: &mut [u32; 5], words: &[u32], k: u32, f: impl Fn(u32, u32, u32) -> u32) {
+    let [mut a, mut b, mut c, mut d, mut e] = *state;
+    for wi in words {
+        let t = a
+            .rotate_left(5)
+            .wrapping_add(f(b, c, d))
+            .wrapping_add(e)
+            .wrapping_add(k)
+            .wrapping_add(*wi);
+        e = d;
+        d = c;
+        c = b.rotate_left(30);
+        b = a;
+        a = t;
+    }
+    *state = [a, b, c, d, e];
+}
+
 /// RFC 4122 version-5 UUID of `name` in `namespace`, lower-case hyphenated.
 pub fn uuid_v5(namespace: &[u8; 16], name: &[u8]) -> String {
     let mut input = Vec::with_capacity(16 + name.len());
     input.extend_from_slice(namespace);
     input.extend_from_slice(name);
-    let d = sha1(&input);
+    uuid_text(&sha1(&input))
+}
+
+/// The version-5 UUID text from the SHA-1 of namespace + name.
+fn uuid_text(d: &[u8; 20]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 16];
     b.copy_from_slice(&d[..16]);
     b[6] = (b[6] & 0x0f) | 0x50;
@@ -90,7 +109,8 @@ pub fn uuid_v5(namespace: &[u8; 16], name: &[u8]) -> String {
         if matches!(i, 4 | 6 | 8 | 10) {
             s.push('-');
         }
-        let _ = write!(s, "{byte:02x}");
+        s.push(char::from(HEX[usize::from(byte >> 4)]));
+        s.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     s
 }
@@ -98,14 +118,38 @@ pub fn uuid_v5(namespace: &[u8; 16], name: &[u8]) -> String {
 /// The caregate UUID for a list of name parts (joined with U+001F, which HL7 text never holds
 /// unescaped, so distinct part lists give distinct names).
 pub fn derive(parts: &[&str]) -> String {
-    let mut name = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
-    for (i, p) in parts.iter().enumerate() {
+    derive_numbered(parts, None)
+}
+
+/// [`derive()`] with `number` (in decimal) as one more part, without formatting it to a
+/// `String` first: `derive_numbered(&[a, b], Some(7)) == derive(&[a, b, "7"])`.
+pub fn derive_numbered(parts: &[&str], number: Option<usize>) -> String {
+    let mut digits = [0u8; 20];
+    let number = number.map(|n| decimal(n, &mut digits));
+    let len: usize = parts.iter().chain(&number).map(|p| p.len() + 1).sum();
+    let mut input = Vec::with_capacity(16 + len);
+    input.extend_from_slice(&NAMESPACE);
+    for (i, p) in parts.iter().chain(&number).enumerate() {
         if i > 0 {
-            name.push('\u{1f}');
+            input.push(0x1f);
         }
-        name.push_str(p);
+        input.extend_from_slice(p.as_bytes());
     }
-    uuid_v5(&NAMESPACE, name.as_bytes())
+    uuid_text(&sha1(&input))
+}
+
+/// `n` in decimal, written into `buf`.
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
+    let mut start = buf.len();
+    for slot in buf.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        start -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(buf.get(start..).unwrap_or_default()).unwrap_or_default()
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -263,6 +307,18 @@ mod tests {
             uuid_v5(&url_ns, b"https://caregate/ns"),
             "c1ec1301-88f4-5f90-bdf1-c762c5e1f42f"
         );
+    }
+
+    #[test]
+    fn numbered_derivation_equals_the_number_as_a_part() {
+        for n in [0, 1, 9, 10, 42, 1234, usize::MAX] {
+            assert_eq!(
+                derive_numbered(&["t", "s", "CTRL", "Observation"], Some(n)),
+                derive(&["t", "s", "CTRL", "Observation", &n.to_string()])
+            );
+        }
+        assert_eq!(derive_numbered(&["a"], None), derive(&["a"]));
+        assert_eq!(derive_numbered(&[], Some(5)), derive(&["5"]));
     }
 
     #[test]

@@ -219,9 +219,21 @@ impl Report {
     /// Counts every valued field of `seg` whose number is not in `mapped`.
     pub(crate) fn unmapped_fields_of(&mut self, seg: &Segment<'_>, mapped: &[usize]) {
         let start = if seg.id() == "MSH" { 3 } else { 1 };
+        // Field numbers below 128 as a bit set: one test per field instead of a search.
+        let mask = mapped
+            .iter()
+            .filter(|&&n| n < 128)
+            .fold(0u128, |m, &n| m | (1u128 << n));
+        let is_mapped = |n: usize| {
+            if n < 128 {
+                mask & (1u128 << n) != 0
+            } else {
+                mapped.contains(&n)
+            }
+        };
         for (i, f) in seg.fields().enumerate() {
             let n = i + 1;
-            if n >= start && !f.is_empty() && !mapped.contains(&n) {
+            if n >= start && !f.is_empty() && !is_mapped(n) {
                 *self
                     .unmapped_fields
                     .entry(format!("{}-{n}", seg.id()))
@@ -274,32 +286,73 @@ pub(crate) fn convert_time(
     raw: &str,
     kind: TimeKind,
 ) -> Option<String> {
+    time_outcome(ctx, raw, kind).report(report, segment, field)
+}
+
+/// What converting one date/time gave, before it is reported (so a message's converter can
+/// reuse it for the same text in another segment: [`TimeOutcome::report`] then reports it
+/// there exactly as [`convert_time`] would have).
+#[derive(Clone)]
+pub(crate) enum TimeOutcome {
+    /// Empty or the HL7 null: no value, no warning.
+    Empty,
+    /// Not a valid HL7 date/time.
+    Invalid,
+    /// A date where an instant is needed.
+    Imprecise,
+    /// Converted (`ambiguous`: local time in a DST gap or fold).
+    Text { text: String, ambiguous: bool },
+}
+
+impl TimeOutcome {
+    /// Records the warning this outcome carries at `segment`/`field`; the value, if any.
+    pub(crate) fn report(self, report: &mut Report, segment: usize, field: &str) -> Option<String> {
+        match self {
+            TimeOutcome::Empty => None,
+            TimeOutcome::Invalid => {
+                report.warn(segment, field, WarningKind::InvalidDateTime);
+                None
+            }
+            TimeOutcome::Imprecise => {
+                report.warn(segment, field, WarningKind::ImpreciseInstant);
+                None
+            }
+            TimeOutcome::Text { text, ambiguous } => {
+                if ambiguous {
+                    report.warn(segment, field, WarningKind::AmbiguousLocalTime);
+                }
+                Some(text)
+            }
+        }
+    }
+}
+
+/// Converts one date/time without reporting (see [`convert_time`]).
+pub(crate) fn time_outcome(ctx: &Context<'_>, raw: &str, kind: TimeKind) -> TimeOutcome {
     let raw = raw.trim();
     if raw.is_empty() || raw == "\"\"" {
-        return None;
+        return TimeOutcome::Empty;
     }
-    let dtm = match time::parse(raw) {
-        Ok(d) => d,
-        Err(_) => {
-            report.warn(segment, field, WarningKind::InvalidDateTime);
-            return None;
-        }
+    let Ok(dtm) = time::parse(raw) else {
+        return TimeOutcome::Invalid;
     };
     let converted = match kind {
-        TimeKind::Date => return Some(dtm.to_date()),
+        TimeKind::Date => {
+            return TimeOutcome::Text {
+                text: dtm.to_date(),
+                ambiguous: false,
+            };
+        }
         TimeKind::DateTime => dtm.to_date_time(ctx.timezone),
         TimeKind::Instant => match dtm.to_instant(ctx.timezone) {
             Ok(c) => c,
-            Err(_) => {
-                report.warn(segment, field, WarningKind::ImpreciseInstant);
-                return None;
-            }
+            Err(_) => return TimeOutcome::Imprecise,
         },
     };
-    if converted.ambiguous {
-        report.warn(segment, field, WarningKind::AmbiguousLocalTime);
+    TimeOutcome::Text {
+        text: converted.text,
+        ambiguous: converted.ambiguous,
     }
-    Some(converted.text)
 }
 
 /// MSH-9 as `CODE^EVENT`, keeping only characters that can appear in table 0076/0003 codes so

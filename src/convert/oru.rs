@@ -21,7 +21,8 @@ use super::datatype::{self, rep_text, text};
 use super::party::{self, Mode};
 use super::pcd;
 use super::{
-    Context, Error, ObxOutcome, ObxReason, Report, TimeKind, WarningKind, codes, convert_time, id,
+    Context, Error, ObxOutcome, ObxReason, Report, TimeKind, TimeOutcome, WarningKind, codes, id,
+    time_outcome,
 };
 use crate::fhir::{
     Annotation, Attachment, Bundle, CodeableConcept, Coding, Decimal, DiagnosticReport, Entry,
@@ -94,17 +95,17 @@ pub(crate) struct Conv<'c, 'r> {
     pub report: &'r mut Report,
     pub control_id: String,
     pub bundle: Bundle,
+    /// Date/times converted so far in this message, by text and kind: the same timestamp
+    /// usually repeats in every OBX (OBX-14, OBX-19), and converting it is the costly part.
+    pub times: Vec<(String, TimeKind, TimeOutcome)>,
 }
 
 impl Conv<'_, '_> {
     pub(crate) fn derive(&self, kind: &str, segment: usize) -> String {
-        id::derive(&[
-            self.ctx.tenant,
-            self.ctx.source,
-            &self.control_id,
-            kind,
-            &segment.to_string(),
-        ])
+        id::derive_numbered(
+            &[self.ctx.tenant, self.ctx.source, &self.control_id, kind],
+            Some(segment),
+        )
     }
 
     /// Pushes an entry unless one with the same fullUrl is already in the Bundle.
@@ -117,7 +118,17 @@ impl Conv<'_, '_> {
     }
 
     fn time(&mut self, segment: usize, field: &str, raw: &str, kind: TimeKind) -> Option<String> {
-        convert_time(self.ctx, self.report, segment, field, raw, kind)
+        let known = self
+            .times
+            .iter()
+            .find(|(r, k, _)| *k == kind && r == raw)
+            .map(|(_, _, outcome)| outcome.clone());
+        let outcome = known.unwrap_or_else(|| {
+            let outcome = time_outcome(self.ctx, raw, kind);
+            self.times.push((raw.to_owned(), kind, outcome.clone()));
+            outcome
+        });
+        outcome.report(self.report, segment, field)
     }
 }
 
@@ -153,6 +164,7 @@ pub(crate) fn convert(
         report,
         control_id: header.control_id.to_owned(),
         bundle: Bundle::transaction(),
+        times: Vec::new(),
     };
     for (i, seg) in message.segments().iter().enumerate() {
         let index = i + 1;
@@ -197,7 +209,7 @@ pub(crate) fn convert(
                 conv.report.obx_in += 1;
                 let order = last_or_new(&mut group.orders);
                 let specimen =
-                    current_specimen.map(|s| format!("urn:uuid:{}", conv.derive("Specimen", s)));
+                    current_specimen.map(|s| ["urn:uuid:", &conv.derive("Specimen", s)].concat());
                 order.rows.push(Row {
                     index,
                     seg,
@@ -416,7 +428,7 @@ fn diagnostic_report(
     });
     dr.result = observations
         .iter()
-        .map(|(id, _)| Reference::to(&format!("urn:uuid:{id}")))
+        .map(|(id, _)| Reference::to(&["urn:uuid:", id].concat()))
         .collect();
     dr
 }
@@ -527,10 +539,10 @@ pub(crate) struct Flags {
 pub(crate) fn flags(conv: &mut Conv<'_, '_>, index: usize, obx: &Segment<'_>) -> Flags {
     let mut out = Flags::default();
     for rep in obx.field(8).repetitions() {
-        let Some(code) = text(rep.component(1)) else {
+        let Some(code) = datatype::text_cow(rep.component(1)) else {
             continue;
         };
-        let system = text(rep.component(3));
+        let system = datatype::text_cow(rep.component(3));
         let table_0078 = system.as_deref().is_none_or(|s| {
             s.eq_ignore_ascii_case("HL70078") || s.eq_ignore_ascii_case("HL7 0078")
         });
@@ -604,7 +616,7 @@ pub(crate) fn observation(
         return None;
     }
     let mut obs = Observation::default();
-    let status_code = text(obx.field(11).component(1));
+    let status_code = datatype::text_cow(obx.field(11).component(1));
     let (status, status_dar) = match status_code.as_deref().map(codes::observation_status) {
         Some(Some((s, d))) => (s, d),
         Some(None) => {
@@ -800,7 +812,7 @@ pub(crate) fn value(conv: &mut Conv<'_, '_>, row: &Row<'_>, unit: &Quantity) -> 
     let reps: Vec<Repetition<'_>> = obx
         .field(5)
         .repetitions()
-        .filter(|r| rep_text(*r).is_some())
+        .filter(|r| datatype::rep_has_text(*r))
         .collect();
     if reps.is_empty() {
         return ValueOut::None;

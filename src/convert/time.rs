@@ -179,10 +179,21 @@ impl Dtm<'_> {
 
     /// FHIR `date` (truncated to the day; no zone conversion).
     pub fn to_date(&self) -> String {
-        match self.precision {
-            Precision::Year => format!("{:04}", self.year),
-            Precision::Month => format!("{:04}-{:02}", self.year, self.month),
-            _ => format!("{:04}-{:02}-{:02}", self.year, self.month, self.day),
+        let mut out = String::with_capacity(10);
+        self.push_date(&mut out);
+        out
+    }
+
+    /// `YYYY`, `YYYY-MM` or `YYYY-MM-DD` by precision (day at most).
+    fn push_date(&self, out: &mut String) {
+        push_padded(out, self.year.into(), 4);
+        if self.precision >= Precision::Month {
+            out.push('-');
+            push_padded(out, self.month.into(), 2);
+        }
+        if self.precision >= Precision::Day {
+            out.push('-');
+            push_padded(out, self.day.into(), 2);
         }
     }
 
@@ -198,17 +209,23 @@ impl Dtm<'_> {
             Some(m) => (m, false),
             None => self.zone_offset(tz),
         };
-        let mut text = format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        );
+        // What `format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}")` gives, without its cost.
+        let mut text = String::with_capacity(26 + self.frac.len());
+        self.push_date(&mut text);
+        for (sep, v) in [('T', self.hour), (':', self.minute), (':', self.second)] {
+            text.push(sep);
+            push_padded(&mut text, v.into(), 2);
+        }
         if !self.frac.is_empty() {
             text.push('.');
             text.push_str(self.frac);
         }
         let sign = if offset < 0 { '-' } else { '+' };
         let abs = offset.abs();
-        text.push_str(&format!("{sign}{:02}:{:02}", abs / 60, abs % 60));
+        text.push(sign);
+        push_padded(&mut text, (abs / 60).into(), 2);
+        text.push(':');
+        push_padded(&mut text, (abs % 60).into(), 2);
         Converted { text, ambiguous }
     }
 
@@ -239,6 +256,33 @@ impl Dtm<'_> {
             }
         };
         (offset.seconds() / 60, ambiguous)
+    }
+}
+
+/// Appends `value` zero-padded to `width` digits, as `format!("{value:0width$}")` does.
+fn push_padded(out: &mut String, value: i64, width: usize) {
+    if value < 0 {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{value:0width$}");
+        return;
+    }
+    let mut digits = [b'0'; 20];
+    let mut n = value.unsigned_abs();
+    let mut len = 0;
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    for _ in len..width {
+        out.push('0');
+    }
+    let start = digits.len() - len;
+    for &d in digits.get(start..).unwrap_or_default() {
+        out.push(char::from(d));
     }
 }
 

@@ -65,9 +65,9 @@ pub struct Entry {
 impl Entry {
     /// `PUT Type/<id>` for a resource with a client-assigned id; `fullUrl` is `urn:uuid:<id>`.
     pub fn put_by_id(id: &str, resource: Resource) -> Entry {
-        let url = format!("{}/{id}", resource.type_name());
+        let url = [resource.type_name(), "/", id].concat();
         Entry {
-            full_url: format!("urn:uuid:{id}"),
+            full_url: urn_uuid(id),
             resource,
             request: Request {
                 method: Method::Put,
@@ -80,7 +80,7 @@ impl Entry {
     /// `POST Type` with `ifNoneExist: <query>` (conditional create).
     pub fn create_if_none_exist(uuid: &str, resource: Resource, query: String) -> Entry {
         Entry {
-            full_url: format!("urn:uuid:{uuid}"),
+            full_url: urn_uuid(uuid),
             request: Request {
                 method: Method::Post,
                 url: resource.type_name().to_owned(),
@@ -93,7 +93,7 @@ impl Entry {
     /// `PUT Type?<query>` (conditional update: create when absent, update when one matches).
     pub fn conditional_update(uuid: &str, resource: Resource, query: &str) -> Entry {
         Entry {
-            full_url: format!("urn:uuid:{uuid}"),
+            full_url: urn_uuid(uuid),
             request: Request {
                 method: Method::Put,
                 url: format!("{}?{query}", resource.type_name()),
@@ -102,6 +102,11 @@ impl Entry {
             resource,
         }
     }
+}
+
+/// `urn:uuid:<uuid>` (`concat` sizes the String once; `format!` is several times slower).
+fn urn_uuid(uuid: &str) -> String {
+    ["urn:uuid:", uuid].concat()
 }
 
 impl fmt::Debug for Entry {
@@ -136,7 +141,13 @@ impl Bundle {
     pub fn to_json(&self) -> String {
         // Serialization of these types cannot fail: no maps with non-string keys, no
         // fallible Serialize impls (Decimal falls back to a string).
-        serde_json::to_string(self).unwrap_or_default()
+        // Sized for the usual entry (about 1 KB) so the buffer is not regrown a dozen times.
+        let mut out = Vec::with_capacity(256 + self.entry.len() * 1280);
+        match serde_json::to_writer(&mut out, self) {
+            // serde_json writes UTF-8 only.
+            Ok(()) => String::from_utf8(out).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     /// Counts entries of a resource type.

@@ -86,7 +86,7 @@ impl Serialize for Decimal {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // `parse` only ever builds valid JSON number text, so this cannot fail in practice;
         // fall back to a JSON string rather than panicking if it ever did.
-        match serde_json::value::RawValue::from_string(self.0.clone()) {
+        match serde_json::from_str::<&serde_json::value::RawValue>(&self.0) {
             Ok(raw) => raw.serialize(serializer),
             Err(_) => serializer.serialize_str(&self.0),
         }

@@ -6,10 +6,13 @@
 //! (MSH-9.3 derived when absent in 2.3).
 //!
 //! Cost model: [`Message::parse`] makes one pass over the text to build the segment index (one
-//! `Vec<Segment>`) and validates the delimiters and each segment id. Everything below a segment
-//! is split lazily, on access, with `str::find` on ASCII delimiters: `Segment::field(n)` scans
-//! the segment once, the `*s()` iterators walk it once. Nothing allocates except unescaping
-//! text that contains the escape character ([`crate::hl7::escape`]).
+//! `Vec<Segment>`), validates the delimiters and each segment id, and records where each
+//! segment's first 32 field separators are (a fixed array inside the `Segment`, no allocation),
+//! so `Segment::field(n)` is two array reads; only fields past the 32nd are found by scanning
+//! on. Everything below a field (repetitions, components, subcomponents) is split lazily, on
+//! access, by scanning for the ASCII delimiter; the `*s()` iterators walk their text once.
+//! Nothing allocates except unescaping text that contains the escape character
+//! ([`crate::hl7::escape`]).
 //!
 //! Tolerances (all in the "be liberal in what you accept" sense, none changes a value):
 //!
@@ -320,6 +323,58 @@ pub struct Segment<'a> {
     delimiters: Delimiters,
     /// MSH, FHS or BHS: field 1 is the separator itself and field 2 is never split.
     header: bool,
+    /// Where the fields are: see [`FieldIndex`].
+    index: FieldIndex,
+}
+
+/// How many field separators a [`Segment`] records at parse time. Covers every field the
+/// converter reads in the usual segments (OBX-1..25, the first 32 of PID/PV1/OBR); beyond it,
+/// fields are found by scanning on from the last recorded separator.
+const INDEXED_SEPARATORS: usize = 32;
+
+/// Byte offsets (in the segment line) of the first field separators after the id's, so
+/// `Segment::field(n)` is two array reads instead of a scan of the line. Offsets are `u16`:
+/// recording stops at the first separator past 65,535 bytes (a long OBX-5 with encapsulated
+/// data), and the rest of such a line is scanned on access as before.
+#[derive(Clone, Copy)]
+struct FieldIndex {
+    /// `seps[..len]`: offsets of field separators 2, 3, … (the one after the id is at 3).
+    seps: [u16; INDEXED_SEPARATORS],
+    /// How many offsets `seps` holds.
+    len: u8,
+    /// True when separators after `seps[len - 1]` were not recorded (index full or offsets
+    /// too large); false when the text after the last recorded one holds no separator.
+    more: bool,
+}
+
+impl FieldIndex {
+    /// Records the separators in `raw[4..]` (`raw[3]` is the first separator).
+    fn new(raw: &str, separator: u8) -> FieldIndex {
+        let mut index = FieldIndex {
+            seps: [0; INDEXED_SEPARATORS],
+            len: 0,
+            more: false,
+        };
+        let mut len = 0usize;
+        for (at, &b) in raw.as_bytes().iter().enumerate().skip(4) {
+            if b != separator {
+                continue;
+            }
+            match (index.seps.get_mut(len), u16::try_from(at)) {
+                (Some(slot), Ok(at)) => {
+                    *slot = at;
+                    len += 1;
+                }
+                _ => {
+                    index.more = true;
+                    break;
+                }
+            }
+        }
+        // len <= INDEXED_SEPARATORS (32), so it fits.
+        index.len = u8::try_from(len).unwrap_or(u8::MAX);
+        index
+    }
 }
 
 impl<'a> Segment<'a> {
@@ -334,10 +389,21 @@ impl<'a> Segment<'a> {
         if !id_ok || !(rest.is_empty() || rest.starts_with(delimiters.field)) {
             return None;
         }
+        // Delimiters are ASCII when read from MSH (`Delimiters::from_header`); a non-ASCII
+        // one (built by hand) gets an empty index and every lookup scans.
+        let index = match u8::try_from(delimiters.field) {
+            Ok(separator) if separator.is_ascii() => FieldIndex::new(raw, separator),
+            _ => FieldIndex {
+                seps: [0; INDEXED_SEPARATORS],
+                len: 0,
+                more: true,
+            },
+        };
         Some(Segment {
             raw,
             delimiters,
             header: matches!(id, "MSH" | "FHS" | "BHS"),
+            index,
         })
     }
 
@@ -362,9 +428,41 @@ impl<'a> Segment<'a> {
         match (n, self.header) {
             (0, _) => Field::literal(self.id(), d),
             (1, true) => Field::literal(self.separator(), d),
-            (2, true) => Field::literal(self.elements().next().unwrap_or_default(), d),
-            (n, true) => Field::new(self.elements().nth(n - 2).unwrap_or_default(), d),
-            (n, false) => Field::new(self.elements().nth(n - 1).unwrap_or_default(), d),
+            (2, true) => Field::literal(self.element(0), d),
+            (n, true) => Field::new(self.element(n - 2), d),
+            (n, false) => Field::new(self.element(n - 1), d),
+        }
+    }
+
+    /// Element `k` (0-based) of [`Segment::elements`], from the index when it covers it.
+    fn element(&self, k: usize) -> &'a str {
+        if self.separator().is_empty() {
+            return "";
+        }
+        let index = &self.index;
+        let len = usize::from(index.len);
+        let seps = index.seps.get(..len).unwrap_or_default();
+        // Element k starts after separator k (the id's separator at 3 is separator 0).
+        let start_of = |k: usize| match k.checked_sub(1) {
+            None => Some(4),
+            Some(i) => seps.get(i).map(|&at| usize::from(at) + 1),
+        };
+        if let (Some(start), Some(&end)) = (start_of(k), seps.get(k)) {
+            return self.raw.get(start..usize::from(end)).unwrap_or_default();
+        }
+        // Past the recorded separators: the rest of the line after the last one.
+        let Some(tail) = start_of(len).and_then(|start| self.raw.get(start..)) else {
+            return "";
+        };
+        let skip = k - len;
+        if index.more {
+            Parts::keep_empty(tail, Some(self.delimiters.field))
+                .nth(skip)
+                .unwrap_or_default()
+        } else if skip == 0 {
+            tail
+        } else {
+            ""
         }
     }
 
@@ -400,13 +498,23 @@ impl<'a> Segment<'a> {
     }
 
     /// The `|`-separated elements after the id and the first separator; none for a bare id.
-    fn elements(&self) -> Parts<'a> {
-        match self.raw.get(4..) {
-            Some(rest) if !self.separator().is_empty() => {
-                Parts::keep_empty(rest, Some(self.delimiters.field))
+    /// The recorded ones come from the index, the rest from a scan of the remaining text.
+    fn elements(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        let seg = *self;
+        let (indexed, tail) = if self.separator().is_empty() {
+            (0, Parts::none())
+        } else {
+            let len = usize::from(self.index.len);
+            let start = match len.checked_sub(1) {
+                None => Some(4),
+                Some(i) => self.index.seps.get(i).map(|&at| usize::from(at) + 1),
+            };
+            match start.and_then(|start| self.raw.get(start..)) {
+                Some(rest) => (len, Parts::keep_empty(rest, Some(self.delimiters.field))),
+                None => (0, Parts::none()),
             }
-            _ => Parts::none(),
-        }
+        };
+        (0..indexed).map(move |k| seg.element(k)).chain(tail)
     }
 }
 
@@ -692,7 +800,12 @@ impl<'a> Iterator for Parts<'a> {
     fn next(&mut self) -> Option<&'a str> {
         let rest = self.rest?;
         let cut = self.separator.and_then(|sep| {
-            let at = rest.find(sep)?;
+            let at = match u8::try_from(sep) {
+                // An ASCII byte is always a whole character: a plain byte scan is enough and,
+                // for the short parts of HL7 text, cheaper than `str::find`.
+                Ok(b) if b.is_ascii() => rest.bytes().position(|c| c == b)?,
+                _ => rest.find(sep)?,
+            };
             let (head, tail) = rest.split_at_checked(at)?;
             Some((head, tail.get(sep.len_utf8()..)?))
         });
@@ -850,6 +963,55 @@ OBX|1|NM|8867-4^Heart rate^LN||72|/min^^UCUM|60-100|N|||F\r";
         assert!(obx.field(12).is_empty());
         assert!(obx.field(usize::MAX).is_empty());
         assert_eq!(obx.fields().count(), 11);
+    }
+
+    /// `field(n)` by a plain split of the line, as the index must agree with it.
+    fn naive_field(line: &str, n: usize) -> &str {
+        let header = ["MSH", "FHS", "BHS"].contains(&&line[..3]);
+        let parts: Vec<&str> = match line.get(4..) {
+            Some(rest) => rest.split('|').collect(),
+            None => Vec::new(),
+        };
+        let k = if header { n - 2 } else { n - 1 };
+        parts.get(k).copied().unwrap_or("")
+    }
+
+    #[test]
+    fn field_index_agrees_with_a_plain_split_past_its_size_and_u16_offsets() {
+        let long = "x".repeat(70_000);
+        let mut lines = vec![
+            "NTE".to_owned(),
+            "NTE|".to_owned(),
+            "NTE||".to_owned(),
+            format!("OBX|1|ED|x||{long}|u|r"),
+            format!("OBX|{long}|2|3"),
+            format!("OBX|{long}"),
+            format!("MSH|^~\\&|{long}|a|b"),
+        ];
+        for fields in [1, 2, 31, 32, 33, 34, 40, 64, 70] {
+            let values: Vec<String> = (1..=fields).map(|i| format!("v{i}é")).collect();
+            lines.push(format!("PV1|{}", values.join("|")));
+            lines.push(format!("PV1|{}|", values.join("|")));
+            lines.push(format!("MSH|^~\\&|{}", values.join("|")));
+        }
+        for line in &lines {
+            let text = if line.starts_with("MSH") {
+                line.clone()
+            } else {
+                format!("MSH|^~\\&\r{line}")
+            };
+            let msg = parse(&text);
+            let seg = msg.segments().last().unwrap();
+            let first = if seg.id() == "MSH" { 2 } else { 1 };
+            for n in first..80 {
+                assert_eq!(seg.field(n).raw(), naive_field(line, n), "field {n}");
+            }
+            let walked: Vec<&str> = seg.fields().map(|f| f.raw()).collect();
+            assert_eq!(walked.len(), seg.field_count());
+            for (i, raw) in walked.iter().enumerate() {
+                assert_eq!(seg.field(i + 1).raw(), *raw, "field {}", i + 1);
+            }
+        }
     }
 
     #[test]
