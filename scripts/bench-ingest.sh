@@ -12,5 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The benchmark starts the release binary as a child process; it does not build it itself.
+# The binary is looked up where cargo puts it: $CARGO_TARGET_DIR when set, else ./target.
 cargo build --release
-CAREGATE_BIN="${CAREGATE_BIN:-$PWD/target/release/caregate}" cargo bench --bench ingest -- "$@"
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+CAREGATE_BIN="${CAREGATE_BIN:-$target_dir/release/caregate}" cargo bench --bench ingest -- "$@"
