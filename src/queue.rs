@@ -11,6 +11,10 @@
 //! envelope whose commit did not return may or may not be there, and its sender was not
 //! acknowledged, so it will resend (and the resend is de-duplicated if the first copy landed).
 //!
+//! The file is grown with written zeros rather than holes (`ZeroFilled`), so a commit's
+//! `fdatasync` normally writes only data pages and need not commit the filesystem journal. That
+//! changes what one sync costs, not what it guarantees: redb still syncs every commit.
+//!
 //! # Group commit
 //!
 //! One writer thread owns all write transactions. It takes the first pending command, drains
@@ -387,9 +391,15 @@ impl Queue {
         // let another process read while the daemon writes, but costs a second sync per commit
         // (measured: 23-30% fewer ACKs/s); `caregate queue stats` asks the daemon instead.
         let opener: Opener = Arc::new(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
             Database::builder()
                 .set_cache_size(CACHE_BYTES)
-                .create(&path)
+                .create_with_backend(ZeroFilled::new(file)?)
         });
         Queue::open_with(opener, limits, true, metrics)
     }
@@ -1418,6 +1428,109 @@ impl Inner {
                 Err(Error::Storage(msg))
             }
         }
+    }
+}
+
+/// Most bytes zero-filled per growth of the database file (a larger growth leaves the rest
+/// sparse: correct, only slower to sync the first time each page is written).
+const MAX_ZERO_FILL: u64 = 64 << 20;
+
+/// redb's file backend, except that the file grows with written zeros instead of a hole.
+///
+/// redb grows its file with `set_len` (doubling), which leaves a hole: the first write of each
+/// page then makes ext4 allocate blocks, so the commit's `fdatasync` also has to commit the
+/// filesystem journal (a second device flush and a wake-up of the journal thread, shared with
+/// every other writer on the filesystem). Over blocks that are already written, `fdatasync` only
+/// writes the data. Measured on the reference disk, 4 pages + `fdatasync`: 122 µs into a hole,
+/// 73 µs over written zeros. The zeros are ordinary data: they reach the disk with the next
+/// commit's `fdatasync`, and until a commit names those pages they mean nothing to redb, so the
+/// durability argument is unchanged.
+#[derive(Debug)]
+struct ZeroFilled {
+    inner: redb::backends::FileBackend,
+}
+
+impl ZeroFilled {
+    fn new(file: std::fs::File) -> Result<ZeroFilled, redb::DatabaseError> {
+        Ok(ZeroFilled {
+            inner: redb::backends::FileBackend::new(file)?,
+        })
+    }
+}
+
+impl redb::StorageBackend for ZeroFilled {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let old = self.inner.len()?;
+        self.inner.set_len(len)?;
+        if len > old {
+            let zeros = vec![0u8; 1 << 20];
+            let end = len.min(old.saturating_add(MAX_ZERO_FILL));
+            let mut at = old;
+            while at < end {
+                let n = (end - at).min(zeros.len() as u64);
+                self.inner
+                    .write(at, zeros.get(..n as usize).unwrap_or_default())?;
+                at += n;
+            }
+        }
+        Ok(())
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.inner.close()
+    }
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.lock_range(start, end)
+    }
+    fn lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+    fn query_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.query_lock_range(start, end)
     }
 }
 
