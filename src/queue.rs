@@ -34,7 +34,6 @@
 //! | `parked`    | (tenant, id)                          | state byte + reason (UTF-8)|
 //! | `rejected`  | (tenant, id)                          | encoded envelope + reason  |
 //! | `dedup`     | (tenant, source, sender `|` MSH-10)   | (id, received µs)          |
-//! | `dedup_age` | (received µs, id)                     | dedup key, encoded         |
 //! | `meta`      | name                                  | u64 counter                |
 //!
 //! - `ready` orders forwardable envelopes: critical lane first, then per source by id, which is
@@ -44,8 +43,12 @@
 //!   one of `ready` or `parked`.
 //! - `rejected` keeps malformed input for inspection; it is never forwarded.
 //! - `dedup` answers a sender's resend (same MSH-3, MSH-4, MSH-10 on the same source) with the
-//!   first copy's id instead of storing it twice. Entries expire after `dedup_window`;
-//!   `dedup_age` lets expiry run in key order instead of scanning.
+//!   first copy's id instead of storing it twice, if the first copy was received less than
+//!   `dedup_window` before the resend (the stored receipt time decides, so a late-expired entry
+//!   never matches). Expired entries are removed by a scan that resumes where the previous one
+//!   stopped, [`DEDUP_SCAN`] entries a minute. There is no time index: one would be one more
+//!   B-tree leaf (and its branch) rewritten and synced in every commit, about 15% of a commit's
+//!   pages; the scan costs a read of the table per cycle instead.
 //! - `meta` keeps `next_id`, `messages` and `bytes` in the same transactions as the data, so the
 //!   limits are known at open without a scan.
 //!
@@ -74,7 +77,11 @@ const READY: TableDefinition<(&str, u8, &str, u64), ()> = TableDefinition::new("
 const PARKED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("parked");
 const REJECTED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("rejected");
 const DEDUP: TableDefinition<(&str, &str, &str), (u64, i64)> = TableDefinition::new("dedup");
+/// The former dedup time index; deleted at open.
 const DEDUP_AGE: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("dedup_age");
+
+/// Most `dedup` entries the minutely expiry pass visits (it resumes after the last one next time).
+pub const DEDUP_SCAN: usize = 200_000;
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// redb's page cache. Its default (1 GiB) lets a long backlog grow the process by the size of
@@ -312,6 +319,8 @@ struct Inner {
     durable: bool,
     totals: Mutex<Totals>,
     leased: Mutex<HashSet<u64>>,
+    /// Where the dedup expiry scan resumes (writer thread only; `None`: from the start).
+    dedup_cursor: Mutex<Option<(String, String, String)>>,
     metrics: Arc<Metrics>,
     /// Bumped after every commit that made envelopes ready (push, unpark): the pipeline waits
     /// on it instead of polling.
@@ -422,6 +431,7 @@ impl Queue {
             durable,
             totals: Mutex::new(totals),
             leased: Mutex::new(HashSet::new()),
+            dedup_cursor: Mutex::new(None),
             metrics,
             readied: tokio::sync::watch::Sender::new(0),
             audit: std::sync::OnceLock::new(),
@@ -875,7 +885,8 @@ fn init(db: &Database) -> Result<Totals, Error> {
         txn.open_table(PARKED).map_err(storage)?;
         txn.open_table(REJECTED).map_err(storage)?;
         txn.open_table(DEDUP).map_err(storage)?;
-        txn.open_table(DEDUP_AGE).map_err(storage)?;
+        // Databases written before the time index was dropped still have it.
+        txn.delete_table(DEDUP_AGE).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
     }
     txn.commit().map_err(storage)?;
@@ -1093,13 +1104,17 @@ impl Inner {
         let mut readied = false;
         let auditing = self.audit.get().is_some();
         let mut notes: Vec<Note> = Vec::new();
+        let window = i64::try_from(self.limits.dedup_window.as_micros()).unwrap_or(i64::MAX);
+        // A stored copy counts only within the window, whether or not expiry has run yet.
+        let live = |item: &NewEnvelope, (id, at): (u64, i64)| {
+            (item.received_at_us.saturating_sub(at) < window).then_some(id)
+        };
         {
             let mut envelopes = txn.open_table(ENVELOPES).map_err(storage)?;
             let mut ready = txn.open_table(READY).map_err(storage)?;
             let mut parked = txn.open_table(PARKED).map_err(storage)?;
             let mut rejected = txn.open_table(REJECTED).map_err(storage)?;
             let mut dedup = txn.open_table(DEDUP).map_err(storage)?;
-            let mut dedup_age = txn.open_table(DEDUP_AGE).map_err(storage)?;
             let mut buf = Vec::new();
             for c in group {
                 match c {
@@ -1118,7 +1133,7 @@ impl Inner {
                                 Some(k) => dedup
                                     .get((item.tenant.as_str(), item.source.as_str(), k.as_str()))
                                     .map_err(storage)?
-                                    .map(|v| v.value().0),
+                                    .and_then(|v| live(item, v.value())),
                             };
                             if hit.is_none() {
                                 new_count += 1;
@@ -1145,7 +1160,7 @@ impl Inner {
                                 (Some(k), None) => dedup
                                     .get((item.tenant.as_str(), item.source.as_str(), k.as_str()))
                                     .map_err(storage)?
-                                    .map(|v| v.value().0),
+                                    .and_then(|v| live(&item, v.value())),
                             };
                             if let Some(id) = hit {
                                 out.push(Pushed {
@@ -1174,10 +1189,6 @@ impl Inner {
                                         (env.tenant.as_str(), env.source.as_str(), k.as_str()),
                                         (id, env.received_at_us),
                                     )
-                                    .map_err(storage)?;
-                                let age_val = encode_dedup_ref(&env.tenant, &env.source, &k);
-                                dedup_age
-                                    .insert((env.received_at_us, id), age_val.as_slice())
                                     .map_err(storage)?;
                             }
                             totals.messages += 1;
@@ -1363,21 +1374,39 @@ impl Inner {
                 }
             }
             if expire {
-                let now_us = jiff::Timestamp::now().as_microsecond();
-                let cutoff = now_us.saturating_sub(self.limits.dedup_window.as_micros() as i64);
-                let old: Vec<((i64, u64), Vec<u8>)> = dedup_age
-                    .range((i64::MIN, 0u64)..(cutoff, 0u64))
-                    .map_err(storage)?
-                    .take(100_000)
-                    .filter_map(|e| e.ok())
-                    .map(|(k, v)| (k.value(), v.value().to_vec()))
-                    .collect();
-                for (k, v) in old {
-                    dedup_age.remove(k).map_err(storage)?;
-                    if let Some((t, s, key)) = decode_dedup_ref(&v) {
-                        dedup.remove((t, s, key)).map_err(storage)?;
-                    }
+                let cutoff = jiff::Timestamp::now()
+                    .as_microsecond()
+                    .saturating_sub(window);
+                let mut cursor = self.dedup_cursor.lock().unwrap_or_else(|p| p.into_inner());
+                let range = match cursor.as_ref() {
+                    None => dedup.range::<(&str, &str, &str)>(..),
+                    Some((t, s, k)) => dedup.range::<(&str, &str, &str)>((
+                        std::ops::Bound::Excluded((t.as_str(), s.as_str(), k.as_str())),
+                        std::ops::Bound::Unbounded,
+                    )),
                 }
+                .map_err(storage)?;
+                let mut old = Vec::new();
+                let mut last = None;
+                let mut visited = 0;
+                for e in range.take(DEDUP_SCAN) {
+                    visited += 1;
+                    let (k, v) = e.map_err(storage)?;
+                    let (t, s, key) = k.value();
+                    let owned = (t.to_owned(), s.to_owned(), key.to_owned());
+                    if v.value().1 < cutoff {
+                        old.push(owned.clone());
+                    }
+                    last = Some(owned);
+                }
+                // Fewer than a full scan's worth left: the next pass starts from the beginning.
+                let wrapped = visited < DEDUP_SCAN;
+                for (t, s, key) in &old {
+                    dedup
+                        .remove((t.as_str(), s.as_str(), key.as_str()))
+                        .map_err(storage)?;
+                }
+                *cursor = if wrapped { None } else { last };
             }
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert("messages", totals.messages).map_err(storage)?;
@@ -1534,22 +1563,6 @@ impl redb::StorageBackend for ZeroFilled {
     }
 }
 
-fn encode_dedup_ref(tenant: &str, source: &str, key: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(tenant.len() + source.len() + key.len() + 2);
-    v.extend_from_slice(tenant.as_bytes());
-    v.push(0);
-    v.extend_from_slice(source.as_bytes());
-    v.push(0);
-    v.extend_from_slice(key.as_bytes());
-    v
-}
-
-fn decode_dedup_ref(v: &[u8]) -> Option<(&str, &str, &str)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let mut parts = s.splitn(3, '\0');
-    Some((parts.next()?, parts.next()?, parts.next()?))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1703,6 +1716,30 @@ mod tests {
         assert!(again.duplicate);
         let third = q.push(item("t", "s", "3", Lane::Normal)).await.unwrap();
         assert_eq!(third.id, 3, "ids keep increasing across restarts");
+    }
+
+    #[tokio::test]
+    async fn a_resend_counts_as_duplicate_only_within_the_dedup_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            dedup_window: Duration::from_secs(10),
+            ..Limits::default()
+        };
+        let q = Queue::open(dir.path(), limits, Metrics::new()).unwrap();
+        let at = |s: i64| {
+            let mut i = item("t", "s", "1", Lane::Normal);
+            i.received_at_us += s * 1_000_000;
+            i
+        };
+        let first = q.push(at(0)).await.unwrap();
+        let within = q.push(at(9)).await.unwrap();
+        assert_eq!((within.id, within.duplicate), (first.id, true));
+        // Expiry has not run, but the stored receipt time is past the window: a new message.
+        let later = q.push(at(11)).await.unwrap();
+        assert!(!later.duplicate);
+        assert_ne!(later.id, first.id);
+        // The new copy is what a further resend matches.
+        assert_eq!(q.push(at(12)).await.unwrap().id, later.id);
     }
 
     #[tokio::test]
