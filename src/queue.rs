@@ -1416,6 +1416,10 @@ impl Inner {
         match txn.commit() {
             Ok(()) => {
                 *self.totals.lock().unwrap_or_else(|p| p.into_inner()) = totals;
+                // Senders first: everything below is bookkeeping that their ACK need not wait for.
+                for r in replies {
+                    r.answer();
+                }
                 self.publish_gauges();
                 if readied {
                     self.readied.send_modify(|n| *n = n.wrapping_add(1));
@@ -1443,9 +1447,6 @@ impl Inner {
                             },
                         );
                     }
-                }
-                for r in replies {
-                    r.answer();
                 }
                 Ok(())
             }
