@@ -1744,6 +1744,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_expiry_scan_removes_only_dedup_entries_older_than_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path());
+        // item() is stamped in 2023: long past the default 24 h window.
+        q.push(item("t", "s", "old", Lane::Normal)).await.unwrap();
+        let mut fresh = item("t", "s", "new", Lane::Normal);
+        fresh.received_at_us = jiff::Timestamp::now().as_microsecond();
+        q.push(fresh).await.unwrap();
+        q.inner.apply(Vec::new(), true).unwrap();
+        let db = q.inner.db();
+        let txn = db.begin_read().unwrap();
+        let dedup = txn.open_table(DEDUP).unwrap();
+        let left: Vec<String> = dedup
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value().2.to_owned())
+            .collect();
+        assert_eq!(left, ["LAB|MAIN|new"]);
+        assert_eq!(
+            q.scan("t").unwrap().len(),
+            2,
+            "only the dedup entry expires"
+        );
+    }
+
+    #[tokio::test]
     async fn a_batch_is_all_or_nothing_against_the_limits() {
         let dir = tempfile::tempdir().unwrap();
         let limits = Limits {
