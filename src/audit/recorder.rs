@@ -94,8 +94,7 @@ impl Recorder {
         if let Some(c) = e.correlation_id.and_then(|c| Id::new(c).ok()) {
             record = record.correlation_id(c);
         }
-        // Dropping the future does not cancel the write.
-        drop(trail.append(record));
+        trail.append_detached(record);
     }
 
     /// Writes the shutdown checkpoint and stops the writer.
