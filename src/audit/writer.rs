@@ -187,7 +187,7 @@ impl Trail {
     }
 
     /// Appends one record nobody waits for (the daemon's data-path records): it is durable
-    /// within one group, which may gather appends for up to [`GROUP_WINDOW`]. A failure is
+    /// within one group, which may gather appends for up to `GROUP_WINDOW` (2 ms). A failure is
     /// logged by the writer, not returned.
     pub fn append_detached(&self, record: Record) {
         drop(

@@ -295,7 +295,12 @@ pub fn to_time(text: &str) -> Result<(String, bool), Error> {
         None => (t, false),
     };
     let (digits, frac) = body.split_once('.').unwrap_or((body, ""));
-    if !frac.bytes().all(|b| b.is_ascii_digit()) || !matches!(digits.len(), 2 | 4 | 6) {
+    // All ASCII digits before any slicing: a multi-byte character among them would otherwise
+    // put a slice boundary inside it.
+    if !frac.bytes().all(|b| b.is_ascii_digit())
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || !matches!(digits.len(), 2 | 4 | 6)
+    {
         return Err(Error::Syntax);
     }
     let get = |from: usize| -> Result<i32, Error> {
@@ -338,6 +343,11 @@ mod tests {
         // The same in the offset: `d[..2]` inside a character.
         assert_eq!(parse("20240105+1\u{cf}2"), Err(Error::Syntax));
         assert_eq!(parse("2024\u{e9}"), Err(Error::Syntax));
+        // The same in a TM (fuzz crash, convert_hl7 without ASan, session 3): `1„30` is six
+        // bytes, so it passed the length check and `digits[0..2]` sliced inside the `„`.
+        assert_eq!(to_time("1\u{201e}30"), Err(Error::Syntax));
+        assert_eq!(to_time("12\u{e9}0"), Err(Error::Syntax));
+        assert_eq!(to_time("1230\u{e9}"), Err(Error::Syntax));
     }
 
     #[test]
