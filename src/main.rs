@@ -83,6 +83,17 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The configuration and an admin API client with the operator's token (the CLI commands
+/// that talk to the running daemon).
+fn operator_api(
+    config: &std::path::Path,
+    token_file: Option<&std::path::Path>,
+) -> anyhow::Result<(Config, ops::Api)> {
+    let config = Config::load(config)?;
+    let api = ops::Api::new(&config, ops::read_token(token_file)?)?;
+    Ok((config, api))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -302,8 +313,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             json,
             token_file,
         } => {
-            let config = Config::load(&config)?;
-            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let (_, api) = operator_api(&config, token_file.as_deref())?;
             let status = runtime()?.block_on(ops::status(&api))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -324,8 +334,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     value,
                 },
         } => {
-            let config = Config::load(&config)?;
-            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let (config, api) = operator_api(&config, token_file.as_deref())?;
             let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
             let value = if value == "-" {
                 let mut line = String::new();
@@ -367,8 +376,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     json,
                 },
         } => {
-            let config = Config::load(&config)?;
-            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let (config, api) = operator_api(&config, token_file.as_deref())?;
             let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
             let list = runtime()?.block_on(ops::consent_list(&api, &tenant))?;
             if json {
@@ -390,8 +398,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     token_file,
                 },
         } => {
-            let config = Config::load(&config)?;
-            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let (config, api) = operator_api(&config, token_file.as_deref())?;
             let list = runtime()?.block_on(ops::dead_letters(&config, &api, tenant.as_deref()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -429,8 +436,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     token_file,
                 },
         } => {
-            let config = Config::load(&config)?;
-            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let (config, api) = operator_api(&config, token_file.as_deref())?;
             let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
             let done = runtime()?.block_on(ops::replay(
                 &config,
@@ -455,8 +461,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     token_file,
                 },
         } => {
-            let config = Config::load(&config)?;
-            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let (config, api) = operator_api(&config, token_file.as_deref())?;
             let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
             let done = runtime()?.block_on(ops::purge(&config, &api, &tenant, id))?;
             println!("purged dead letter {id} of tenant {}", done.tenant);
@@ -470,8 +475,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     token_file,
                 },
         } => {
-            let config = Config::load(&config)?;
-            let api = ops::Api::new(&config, ops::read_token(token_file.as_deref())?)?;
+            let (config, api) = operator_api(&config, token_file.as_deref())?;
             let stats = runtime()?.block_on(ops::queue_stats(&config, &api))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::forward::{
-    Tenant, client_for, delivery_order, eventually, lab, observation_ids, send_all, start, webhook,
+    client_for, delivery_order, eventually, lab, observation_ids, send_all, start_north, webhook,
 };
 use crate::support::fhir_server::{Fault, FhirServer, Options};
 use crate::support::{Gateway, pki};
@@ -60,17 +60,7 @@ async fn a_critical_result_alerts_at_once_while_the_upstream_is_down_and_jumps_t
     };
     server.set_fault(Fault::Refuse).await;
     let hook = webhook().await;
-    let g = start(
-        &pki,
-        &[Tenant {
-            id: "north",
-            source: "lab",
-            server: &server,
-            extra: "",
-        }],
-        Some(&hook.url),
-    )
-    .await;
+    let g = start_north(&pki, &server, "", Some(&hook.url)).await;
     let mut c = client_for(&g, "lab").await;
     let backlog: Vec<Vec<u8>> = (0..50)
         .map(|i| lab(&format!("BK{i:03}"), &format!("MRN{}", i % 5), 90))
@@ -118,16 +108,7 @@ async fn a_critical_result_alerts_at_once_while_the_upstream_is_down_and_jumps_t
 
     // Upstream back: the critical message goes before the 50 waiting.
     server.set_fault(Fault::None).await;
-    let mut ids: Vec<Vec<String>> = backlog
-        .iter()
-        .map(|m| observation_ids("north", "lab", m))
-        .collect();
-    ids.push(observation_ids("north", "lab", &crit));
-    eventually(30, "everything delivered", || async {
-        delivery_order(&server, &ids).await.len() == ids.len()
-    })
-    .await;
-    let order = delivery_order(&server, &ids).await;
+    let order = delivered_in_order(&server, &backlog, &crit).await;
     // The request already in flight when it arrived (leased before it, retried while the
     // upstream was down) may go first: at most one batch (batch_messages = 8).
     let at = order.iter().position(|&i| i == 50).unwrap();
@@ -135,6 +116,21 @@ async fn a_critical_result_alerts_at_once_while_the_upstream_is_down_and_jumps_t
     assert!(at <= 8, "critical ahead of the backlog: {order:?}");
     assert!(audit_text(&g, "north").contains("AlertRaised"));
     g.stop().await;
+}
+
+/// Waits until the backlog and the critical message (index `backlog.len()`) are all delivered;
+/// the message indexes in delivery order.
+async fn delivered_in_order(server: &FhirServer, backlog: &[Vec<u8>], crit: &[u8]) -> Vec<usize> {
+    let mut ids: Vec<Vec<String>> = backlog
+        .iter()
+        .map(|m| observation_ids("north", "lab", m))
+        .collect();
+    ids.push(observation_ids("north", "lab", crit));
+    eventually(30, "everything delivered", || async {
+        delivery_order(server, &ids).await.len() == ids.len()
+    })
+    .await;
+    delivery_order(server, &ids).await
 }
 
 async fn delivered_patients(server: &FhirServer) -> Vec<String> {
@@ -155,17 +151,7 @@ async fn a_withdrawn_patient_is_held_until_reinstated_and_required_holds_everyon
     let Some(server) = FhirServer::start(&pki, Options::default()).await else {
         return;
     };
-    let g = start(
-        &pki,
-        &[Tenant {
-            id: "north",
-            source: "lab",
-            server: &server,
-            extra: "",
-        }],
-        None,
-    )
-    .await;
+    let g = start_north(&pki, &server, "", None).await;
     let done = post_consent(&g, "north", "PATX", "withdrawn").await;
     assert!(done["released"].as_array().unwrap().is_empty());
     let mut c = client_for(&g, "lab").await;
@@ -217,7 +203,7 @@ async fn a_withdrawn_patient_is_held_until_reinstated_and_required_holds_everyon
     let text = crate::forward::config(
         dir.path(),
         &pki,
-        &[Tenant {
+        &[crate::forward::Tenant {
             id: "north",
             source: "lab",
             server: &server,
@@ -260,17 +246,7 @@ async fn a_critical_result_cuts_into_a_backlog_being_delivered() {
     // The backlog piles up while the upstream refuses connections, so the worker then leases
     // four requests' worth at once.
     server.set_fault(Fault::Refuse).await;
-    let g = start(
-        &pki,
-        &[Tenant {
-            id: "north",
-            source: "lab",
-            server: &server,
-            extra: "",
-        }],
-        None,
-    )
-    .await;
+    let g = start_north(&pki, &server, "", None).await;
     let mut c = client_for(&g, "lab").await;
     let backlog: Vec<Vec<u8>> = (0..48)
         .map(|i| lab(&format!("SB{i:03}"), &format!("MRN{}", i % 5), 90))
@@ -292,16 +268,7 @@ async fn a_critical_result_cuts_into_a_backlog_being_delivered() {
     let crit = critical_potassium("CRIT2", "MRN-CRIT-2");
     send_all(&mut c, std::slice::from_ref(&crit)).await;
     server.set_fault(Fault::None).await;
-    let mut ids: Vec<Vec<String>> = backlog
-        .iter()
-        .map(|m| observation_ids("north", "lab", m))
-        .collect();
-    ids.push(observation_ids("north", "lab", &crit));
-    eventually(30, "everything delivered", || async {
-        delivery_order(&server, &ids).await.len() == ids.len()
-    })
-    .await;
-    let order = delivery_order(&server, &ids).await;
+    let order = delivered_in_order(&server, &backlog, &crit).await;
     let at = order.iter().position(|&i| i == 48).unwrap();
     let sizes: Vec<_> = server
         .requests()
@@ -351,17 +318,7 @@ async fn consent_pulled_from_the_upstream_holds_and_releases() {
     let mut literal = fhir_consent("OTHER", "active", Some("deny"));
     literal["patient"] = serde_json::json!({"reference": "Patient/123"});
     server.create(literal).await;
-    let g = start(
-        &pki,
-        &[Tenant {
-            id: "north",
-            source: "lab",
-            server: &server,
-            extra: "consent_pull = \"1s\"",
-        }],
-        None,
-    )
-    .await;
+    let g = start_north(&pki, &server, "consent_pull = \"1s\"", None).await;
     let url = format!("http://{}/consent/north", g.running().admin);
     let list = || async {
         reqwest::Client::new()

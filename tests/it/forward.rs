@@ -126,6 +126,22 @@ pub(crate) async fn start(pki: &Pki, tenants: &[Tenant<'_>], hook: Option<&str>)
     Gateway::start_text(dir, &text).await
 }
 
+/// One tenant `north` with its MLLP source `lab`, forwarding to `server`.
+pub(crate) async fn start_north(
+    pki: &Pki,
+    server: &FhirServer,
+    extra: &str,
+    hook: Option<&str>,
+) -> Gateway {
+    let tenant = Tenant {
+        id: "north",
+        source: "lab",
+        server,
+        extra,
+    };
+    start(pki, std::slice::from_ref(&tenant), hook).await
+}
+
 pub(crate) async fn client_for(g: &Gateway, source: &str) -> Client {
     let addr = g.running().mllp_addr(source).unwrap();
     Client::connect(&addr.to_string(), Duration::from_secs(10))
