@@ -8,7 +8,8 @@
 #   --runs N      each target for N executions
 #   --seconds S   each target for S seconds (default 60)
 #   TARGET...     some of: mllp_codec hl7_parse hl7_batch astm_link astm_record config_toml
-#                 convert_hl7 convert_astm convert_reading (default: all)
+#                 convert_hl7 convert_astm convert_reading upstream_answer modbus_decode
+#                 (default: all)
 # Environment:
 #   CAREGATE_CORPUS    third-party corpus (default: ../shared/corpus next to the repo); used in
 #                      place, read only; missing is fine (the project's fixtures still seed)
@@ -26,7 +27,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ALL_TARGETS=(mllp_codec hl7_parse hl7_batch astm_link astm_record config_toml convert_hl7 convert_astm convert_reading)
+ALL_TARGETS=(mllp_codec hl7_parse hl7_batch astm_link astm_record config_toml convert_hl7 convert_astm convert_reading
+  upstream_answer modbus_decode)
 CARGO_FUZZ_VERSION=0.13.1
 
 mode=seconds
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
     --smoke) mode=seconds; amount=${FUZZ_SMOKE_SECONDS:-20} ;;
     --runs) mode=runs; amount=${2:?--runs N}; shift ;;
     --seconds) mode=seconds; amount=${2:?--seconds S}; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1") ;;
   esac
@@ -140,6 +142,33 @@ reading '{"device":{"id":"0009FBFFFF9B42B3","name":"bed 12 monitor"},"code":"150
 reading '{"device":{"id":"dev-1"},"code":"8867-4","system":"http://loinc.org","value":"72.50","unit":"/min","time":"2024-01-05T09:30:00+01:00"}'
 reading '{"device":{"id":"pump-7"},"code":"LOCAL-STATE","text":"occlusion","time":"2024-01-05T09:30:00-05:00","patient":{"value":"123"}}'
 reading '{"device":{"id":"x"},"code":"1","value":"-0.000001e3","unit":"mm[Hg]","time":"2024-02-29T23:59:59+14:00"}'
+
+# upstream_answer: status, 409s, reauthenticated, expires_in (LE), Retry-After, then the body.
+u=0
+answer() {
+  u=$((u + 1))
+  { printf "$1"; printf '%s\n' "$2"; printf '%s' "$3"; } > "$SEEDS/upstream_answer/$u"
+}
+consent='{"resourceType":"Consent","status":"active","meta":{"lastUpdated":"2026-11-24T05:00:00+02:00"},"patient":{"identifier":{"system":"urn:oid:1.2.3","value":"MRN-1"}},"provision":{"type":"deny"}}'
+answer '\xc8\x00\x00\x00\x10\x0e\x00\x00\x00\x00\x00\x00' '' "{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"link\":[{\"relation\":\"next\",\"url\":\"https://fhir.example/Consent?page=2\"}],\"entry\":[{\"resource\":$consent},{\"resource\":{\"resourceType\":\"Consent\",\"status\":\"draft\"}}]}"
+answer '\xf7\x01\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff' '120' '{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient"}]}'
+answer '\xad\x01\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00' 'Wed, 21 Oct 2026 07:28:00 GMT' '{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"duplicate"}]}'
+# Real servers' Bundles as 200 bodies (the first 40 of the shared corpus's FHIR outputs).
+fhir=()
+[ -d "$CORPUS/fhir-expected" ] && mapfile -t fhir < <(find "$CORPUS/fhir-expected" -type f -name '*.json' | sort)
+for f in "${fhir[@]:0:40}"; do
+  u=$((u + 1)); { printf '\xc8\x00\x00\x00\x2c\x01\x00\x00\x00\x00\x00\x00\n'; cat "$f"; } > "$SEEDS/upstream_answer/$u"
+done
+# modbus_decode: type (0 bool .. 5 f32), word order + count << 1, words (BE), "scale|offset".
+m=0
+register() { m=$((m + 1)); printf "$1" > "$SEEDS/modbus_decode/$m"; }
+register '\x01\x02\x04\xd20.1|-40'          # u16 1234 × 0.1 - 40
+register '\x02\x02\xff\x38|'                # i16 -200
+register '\x03\x04\x00\x01\x86\xa00.001|0' # u32 100000 big-endian
+register '\x04\x05\x86\xa0\x00\x01-1|'     # i32 little word order
+register '\x05\x04\x41\xcc\x00\x001|0.5'   # f32 25.5
+register '\x05\x04\x7f\xc0\x00\x00|'       # f32 NaN
+register '\x00\x02\x00\x01|'                # coil on
 
 echo "== fuzz: seeds in $SEEDS"
 for t in "${targets[@]}"; do echo "  $t: $(find "$SEEDS/$t" -type f | wc -l) files"; done

@@ -42,6 +42,49 @@ pub struct Pulled {
     pub released: usize,
 }
 
+/// One page of the Consent search.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Page {
+    /// Entries on the page.
+    pub read: usize,
+    /// The Consents among them that say something caregate applies.
+    pub consents: Vec<FhirConsent>,
+    /// The `next` link, if any (the client checks it stays under the base URL).
+    pub next: Option<String>,
+}
+
+/// Reads one page of the search: any JSON the upstream sends, `Err` when it is not a Bundle.
+pub fn read_page(bundle: &serde_json::Value) -> Result<Page, String> {
+    if bundle["resourceType"] != "Bundle" {
+        return Err("the Consent search did not answer a Bundle".into());
+    }
+    let mut page = Page::default();
+    for e in bundle["entry"].as_array().into_iter().flatten() {
+        page.read += 1;
+        page.consents
+            .extend(crate::consent::from_fhir(&e["resource"]));
+    }
+    page.next = bundle["link"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_owned);
+    Ok(page)
+}
+
+/// The latest Consent of each patient wins, by `meta.lastUpdated` as an instant (servers write
+/// `Z` or any offset, so text order is not time order); one without a readable time counts as
+/// the oldest, and equal times keep the server's order.
+pub fn latest(mut found: Vec<FhirConsent>) -> std::collections::HashMap<(String, String), Status> {
+    found.sort_by_key(|c| c.updated.parse::<jiff::Timestamp>().ok());
+    found
+        .into_iter()
+        .map(|c| ((c.system, c.value), c.status))
+        .collect()
+}
+
 /// The pull loop of one tenant.
 pub struct Puller {
     /// The tenant's upstream client.
@@ -89,34 +132,14 @@ impl Puller {
                 return Err(format!("more than {MAX_PAGES} pages of Consent resources"));
             }
             let bundle = self.upstream.get_json(&path, MAX_PAGE_BYTES).await?;
-            if bundle["resourceType"] != "Bundle" {
-                return Err("the Consent search did not answer a Bundle".into());
-            }
-            for e in bundle["entry"].as_array().into_iter().flatten() {
-                out.read += 1;
-                match crate::consent::from_fhir(&e["resource"]) {
-                    Some(c) => found.push(c),
-                    None => out.skipped += 1,
-                }
-            }
-            next = bundle["link"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|l| l["relation"] == "next")
-                .and_then(|l| l["url"].as_str())
-                .map(str::to_owned);
-        }
-        // The latest Consent of each patient wins (RFC 3339 in UTC sorts as text; a stable
-        // sort keeps the server's order for equal times).
-        found.sort_by(|a, b| a.updated.cmp(&b.updated));
-        let mut latest: std::collections::HashMap<(String, String), Status> =
-            std::collections::HashMap::new();
-        for c in found {
-            latest.insert((c.system, c.value), c.status);
+            let page = read_page(&bundle)?;
+            out.read += page.read;
+            out.skipped += page.read - page.consents.len();
+            found.extend(page.consents);
+            next = page.next;
         }
         let tenant = self.upstream.tenant().to_owned();
-        for ((system, value), status) in latest {
+        for ((system, value), status) in latest(found) {
             if self.registry.status_of(&tenant, &system, &value) == Some(status) {
                 continue;
             }
@@ -156,5 +179,69 @@ impl Puller {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn consent(value: &str, status: &str, updated: &str) -> serde_json::Value {
+        json!({"resourceType": "Consent", "status": status, "meta": {"lastUpdated": updated},
+            "patient": {"identifier": {"system": "urn:oid:1.2.3", "value": value}}})
+    }
+
+    #[test]
+    fn a_page_counts_its_entries_and_finds_the_next_link() {
+        let page = read_page(&json!({"resourceType": "Bundle", "type": "searchset",
+            "link": [{"relation": "self", "url": "https://up/Consent"},
+                     {"relation": "next", "url": "https://up/Consent?page=2"}],
+            "entry": [{"resource": consent("A", "active", "2026-11-24T05:00:00Z")},
+                      {"resource": {"resourceType": "Consent", "status": "draft"}},
+                      {"resource": consent("B", "inactive", "2026-11-24T05:00:00Z")},
+                      "not an object"]}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(page.read, 4);
+        assert_eq!(page.consents.len(), 2);
+        assert_eq!(page.consents[1].status, Status::Withdrawn);
+        assert_eq!(page.next.as_deref(), Some("https://up/Consent?page=2"));
+        for not_a_bundle in [
+            json!({"resourceType": "OperationOutcome"}),
+            json!([]),
+            json!(7),
+        ] {
+            assert!(read_page(&not_a_bundle).is_err(), "{not_a_bundle}");
+        }
+        let empty = read_page(&json!({"resourceType": "Bundle"})).unwrap_or_default();
+        assert_eq!((empty.read, empty.next), (0, None));
+    }
+
+    #[test]
+    fn the_latest_consent_wins_by_instant_not_by_text() {
+        let c =
+            |v: &serde_json::Value| crate::consent::from_fhir(v).unwrap_or_else(|| unreachable!());
+        // 06:00+02:00 is 04:00Z: earlier than 05:00Z although it sorts later as text.
+        let found = vec![
+            c(&consent("A", "inactive", "2026-11-24T05:00:00Z")),
+            c(&consent("A", "active", "2026-11-24T06:00:00+02:00")),
+            c(&consent("B", "active", "2026-11-24T05:00:00.5Z")),
+            c(&consent("B", "inactive", "2026-11-24T05:00:00.25Z")),
+            c(&consent("C", "inactive", "not a time")),
+            c(&consent("C", "active", "2020-01-01T00:00:00Z")),
+        ];
+        let latest = latest(found);
+        let of = |v: &str| {
+            latest
+                .get(&("urn:oid:1.2.3".to_owned(), v.to_owned()))
+                .copied()
+        };
+        assert_eq!(of("A"), Some(Status::Withdrawn));
+        assert_eq!(of("B"), Some(Status::Active));
+        assert_eq!(
+            of("C"),
+            Some(Status::Active),
+            "an unreadable time counts as the oldest"
+        );
     }
 }

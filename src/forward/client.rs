@@ -274,16 +274,26 @@ impl Upstream {
             .json()
             .await
             .map_err(|_| "token endpoint: not a token response".to_owned())?;
-        // Refresh a little early so a token never expires in flight.
-        let good_until = t.expires_in.map(|s| {
-            let margin = (s / 10).clamp(1, 30);
-            Instant::now() + Duration::from_secs(s.saturating_sub(margin))
-        });
         Ok(Token {
             value: t.access_token,
-            good_until,
+            good_until: Some(token_good_until(Instant::now(), t.expires_in)),
         })
     }
+}
+
+/// Longest a fetched token is used before it is fetched again, whatever `expires_in` claims
+/// (an endpoint that says "forever", or sends nothing, still gets asked daily).
+pub const MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 3600);
+
+/// When to refresh a token the endpoint gave at `now` with `expires_in` seconds: a little early
+/// (a tenth, 1-30 s) so a token never expires in flight, and at most [`MAX_TOKEN_LIFE`] on.
+/// `expires_in` comes from the network: any value, `u64::MAX` included, is taken.
+pub fn token_good_until(now: Instant, expires_in: Option<u64>) -> Instant {
+    let life = match expires_in {
+        Some(s) => Duration::from_secs(s.saturating_sub((s / 10).clamp(1, 30))),
+        None => MAX_TOKEN_LIFE,
+    };
+    now.checked_add(life.min(MAX_TOKEN_LIFE)).unwrap_or(now)
 }
 
 async fn read_capped(resp: reqwest::Response) -> String {
@@ -325,4 +335,24 @@ pub fn describe(e: &reqwest::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_lifetimes_from_the_network_never_overflow() {
+        let now = Instant::now();
+        let after = |s| token_good_until(now, s).duration_since(now);
+        // A tenth early, at least 1 s and at most 30 s.
+        assert_eq!(after(Some(3600)), Duration::from_secs(3570));
+        assert_eq!(after(Some(100)), Duration::from_secs(90));
+        assert_eq!(after(Some(5)), Duration::from_secs(4));
+        assert_eq!(after(Some(0)), Duration::ZERO);
+        // "Forever" and "unsaid" are refreshed daily; u64::MAX used to panic in Instant + Duration.
+        assert_eq!(after(Some(u64::MAX)), MAX_TOKEN_LIFE);
+        assert_eq!(after(Some(10 * 24 * 3600)), MAX_TOKEN_LIFE);
+        assert_eq!(after(None), MAX_TOKEN_LIFE);
+    }
 }
