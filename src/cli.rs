@@ -637,7 +637,11 @@ pub enum QueueCommand {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > crate::config::MAX_DURATION {
+        return Err("longer than 100 years".into());
+    }
+    Ok(d)
 }
 
 /// Settings of `caregate send`.

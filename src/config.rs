@@ -392,15 +392,24 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "duration {s:?}: {e} (use units: \"30s\", \"5m\", \"1h\")"
-                ))
-            })
+        let d = humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "duration {s:?}: {e} (use units: \"30s\", \"5m\", \"1h\")"
+            ))
+        })?;
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {s:?} is longer than 100 years"
+            )));
+        }
+        Ok(HumanDuration(d))
     }
 }
+
+/// Longest duration any setting takes (100 years: `audit.retain` is the longest real one).
+/// Bounding them all here keeps every `Instant + setting` in the daemon far from overflow: a
+/// humantime value such as `"300000000000y"` parses, and would panic the task that adds it.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 // === loading ===
 
@@ -977,6 +986,24 @@ listen = "127.0.0.1:2575"
         let e = load(&text).unwrap_err();
         assert_eq!(e.key, "source[0].listen");
         assert_eq!(e.line, Some(9));
+    }
+
+    #[test]
+    fn durations_past_a_century_are_refused_with_key_and_line() {
+        // Parsed by humantime, they used to reach `Instant + d` and panic the task using them.
+        let text = MINIMAL.replace(
+            "data_dir = \"/var/lib/caregate\"",
+            "data_dir = \"/var/lib/caregate\"\nshutdown_timeout = \"300000000000y\"",
+        );
+        let e = load(&text).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("shutdown_timeout", Some(3)),
+            "{e}"
+        );
+        assert!(e.message.contains("longer than 100 years"), "{e}");
+        let ok = text.replace("300000000000y", "100y");
+        assert_eq!(load(&ok).unwrap().shutdown_timeout, MAX_DURATION);
     }
 
     #[test]

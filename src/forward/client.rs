@@ -179,15 +179,8 @@ impl Upstream {
         path: &str,
         max_bytes: usize,
     ) -> Result<serde_json::Value, String> {
-        let base = self.config.url.as_str().trim_end_matches('/');
-        let url = if path.starts_with("https://") {
-            if !path.starts_with(base) {
-                return Err("a link outside the upstream's base URL was not followed".into());
-            }
-            path.to_owned()
-        } else {
-            format!("{base}/{}", path.trim_start_matches('/'))
-        };
+        let url = under_base(&self.config.url, path)
+            .ok_or("a link outside the upstream's base URL was not followed")?;
         let mut req = self.http.get(url).header(ACCEPT, FHIR_JSON);
         if let Some(v) = self.authorization().await? {
             req = req.header(AUTHORIZATION, v);
@@ -200,13 +193,7 @@ impl Upstream {
         if !status.is_success() {
             return Err(format!("HTTP {}", status.as_u16()));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
-            if body.len() + chunk.len() > max_bytes {
-                return Err(format!("answer larger than {max_bytes} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_limited(&mut resp, max_bytes).await?;
         serde_json::from_slice(&body).map_err(|_| "the answer is not JSON".to_owned())
     }
 
@@ -270,15 +257,41 @@ impl Upstream {
             access_token: String,
             expires_in: Option<u64>,
         }
-        let t: TokenResponse = resp
-            .json()
+        let mut resp = resp;
+        let body = read_limited(&mut resp, MAX_TOKEN_RESPONSE)
             .await
+            .map_err(|e| format!("token endpoint: {e}"))?;
+        let t: TokenResponse = serde_json::from_slice(&body)
             .map_err(|_| "token endpoint: not a token response".to_owned())?;
         Ok(Token {
             value: t.access_token,
             good_until: Some(token_good_until(Instant::now(), t.expires_in)),
         })
     }
+}
+
+/// The URL of `path` relative to `base` (`Consent?_count=100`), or an absolute link (a search's
+/// `next`) when it stays under `base`: same scheme, host and port, no user info, and a path
+/// under the base path at a segment boundary. A server's link is input: comparing text prefixes
+/// would follow `https://fhir.example.org.evil.net/` or `https://fhir.example.org@evil.net/`
+/// and send them the tenant's token.
+pub fn under_base(base: &reqwest::Url, path: &str) -> Option<reqwest::Url> {
+    let base_path = base.path().trim_end_matches('/');
+    if !path.contains("://") {
+        let mut joined = base.clone();
+        let (p, query) = path.split_once('?').unwrap_or((path, ""));
+        joined.set_path(&format!("{base_path}/{}", p.trim_start_matches('/')));
+        joined.set_query((!query.is_empty()).then_some(query));
+        return Some(joined);
+    }
+    let link = reqwest::Url::parse(path).ok()?;
+    let same_origin = link.scheme() == base.scheme()
+        && link.host_str() == base.host_str()
+        && link.port_or_known_default() == base.port_or_known_default()
+        && link.username().is_empty()
+        && link.password().is_none();
+    let rest = link.path().strip_prefix(base_path)?;
+    (same_origin && (rest.is_empty() || rest.starts_with('/'))).then_some(link)
 }
 
 /// Longest a fetched token is used before it is fetched again, whatever `expires_in` claims
@@ -294,6 +307,21 @@ pub fn token_good_until(now: Instant, expires_in: Option<u64>) -> Instant {
         None => MAX_TOKEN_LIFE,
     };
     now.checked_add(life.min(MAX_TOKEN_LIFE)).unwrap_or(now)
+}
+
+/// Largest token endpoint answer read (a JWT access token is a few KiB).
+const MAX_TOKEN_RESPONSE: usize = 64 << 10;
+
+/// Reads a whole body of at most `max` bytes; a larger one is an error, read no further.
+async fn read_limited(resp: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("answer larger than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 async fn read_capped(resp: reqwest::Response) -> String {
@@ -340,6 +368,43 @@ pub fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_links_under_the_base_url_are_followed() {
+        let base =
+            reqwest::Url::parse("https://fhir.example.org/r4/").unwrap_or_else(|e| panic!("{e}"));
+        let follow = |p: &str| under_base(&base, p).map(|u| u.to_string());
+        assert_eq!(
+            follow("Consent?_count=100").as_deref(),
+            Some("https://fhir.example.org/r4/Consent?_count=100")
+        );
+        for ok in [
+            "https://fhir.example.org/r4/Consent?page=2",
+            "https://fhir.example.org:443/r4/Consent?page=2",
+            "https://FHIR.example.org/r4?_getpages=x",
+        ] {
+            assert!(follow(ok).is_some(), "{ok} refused");
+        }
+        for bad in [
+            "https://fhir.example.org.evil.net/r4/Consent",
+            "https://fhir.example.org@evil.net/r4/Consent",
+            "https://user:pw@fhir.example.org/r4/Consent",
+            "https://fhir.example.org:8443/r4/Consent",
+            "http://fhir.example.org/r4/Consent",
+            "https://fhir.example.org/r4x/Consent",
+            "https://fhir.example.org/other",
+            "ftp://fhir.example.org/r4/Consent",
+            "https://",
+        ] {
+            assert_eq!(follow(bad), None, "{bad} followed");
+        }
+        // A base without a path: every path on that origin is under it, no other origin is.
+        let root =
+            reqwest::Url::parse("https://fhir.example.org").unwrap_or_else(|e| panic!("{e}"));
+        assert!(under_base(&root, "https://fhir.example.org/Consent?page=2").is_some());
+        assert!(under_base(&root, "https://fhir.example.org.evil.net/Consent").is_none());
+        assert!(under_base(&root, "https://fhir.example.org@evil.net/").is_none());
+    }
 
     #[test]
     fn token_lifetimes_from_the_network_never_overflow() {
