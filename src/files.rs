@@ -17,6 +17,9 @@
 //!   for the next poll.
 //! - **A partial failure keeps the good messages.** Malformed messages do not stop the others;
 //!   the file goes to `failed/` and its report names the bad ones by index and control id.
+//! - **Bounded.** A file over `max_file` (default 64 MiB) is not read: it moves to `failed/`
+//!   whole, its report says why (`refused`), and
+//!   `caregate_messages_rejected_total{reason="too-large"}` counts it.
 //! - **Complete files only.** A file is taken when its size and mtime are the same at two polls
 //!   in a row (writers that copy slowly are not read half-way); empty files wait.
 //! - **Reports carry no patient data**: counts, indexes, control ids, error codes and texts that
@@ -60,7 +63,12 @@ pub struct Config {
     pub timezone: Option<String>,
     /// Charset assumed when MSH-18 is empty.
     pub default_charset: Charset,
+    /// Largest file taken; a larger one goes to `failed/` unread, with a report saying so.
+    pub max_file: u64,
 }
+
+/// Default `max_file`: a batch of some 30,000 lab results.
+pub const DEFAULT_MAX_FILE: u64 = 64 << 20;
 
 /// File form of a `kind = "file"` source.
 #[derive(Debug, Deserialize)]
@@ -79,6 +87,7 @@ pub struct RawConfig {
     poll_interval: Option<HumanDuration>,
     schedule: Option<String>,
     charset: Option<String>,
+    max_file: Option<crate::config::ByteSize>,
 }
 
 impl RawConfig {
@@ -125,8 +134,14 @@ impl RawConfig {
                 )
             })?,
         };
+        let max_file = match self.max_file {
+            None => DEFAULT_MAX_FILE,
+            Some(crate::config::ByteSize(n)) if (1 << 10..=1 << 30).contains(&n) => n,
+            Some(_) => return Err(("max_file".into(), "must be between 1KiB and 1GiB".into())),
+        };
         Ok(Config {
             dir: crate::config::resolve(base, &self.dir),
+            max_file,
             pattern,
             poll_interval,
             schedule,
@@ -285,6 +300,9 @@ pub struct Report {
     pub duplicates: usize,
     /// Malformed, kept in the rejected area.
     pub rejected: usize,
+    /// Why the whole file was refused unread (larger than `max_file`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     /// One entry per message, in file order.
     pub outcomes: Vec<MessageOutcome>,
 }
@@ -459,7 +477,11 @@ impl Source {
 
     /// Stores a file's good messages, keeps its bad ones, writes the report and moves the file.
     pub async fn process(&self, path: &Path) -> Result<Report, Error> {
-        let bytes = Bytes::from(std::fs::read(path).map_err(io("reading", path))?);
+        let bytes = read_at_most(path, self.cfg.max_file).map_err(io("reading", path))?;
+        let Some(bytes) = bytes else {
+            return self.refuse_too_large(path);
+        };
+        let bytes = Bytes::from(bytes);
         let checked = examine(&bytes, self.cfg.default_charset);
         let received_at_us = jiff::Timestamp::now().as_microsecond();
         let name = file_name(path);
@@ -564,26 +586,74 @@ impl Source {
             stored,
             duplicates,
             rejected,
+            refused: None,
             outcomes,
         };
         // Every push has returned: only now may the file leave the watched folder.
-        let target_dir = self.cfg.dir.join(result);
-        std::fs::create_dir_all(&target_dir).map_err(io("creating", &target_dir))?;
-        let mut target = target_dir.join(&name);
-        if target.exists() {
-            target = target_dir.join(format!("{name}.{received_at_us}"));
-        }
-        let target_name = file_name(&target);
-        let report_path = target_dir.join(format!("{target_name}.report.json"));
-        let tmp = target_dir.join(format!(".{target_name}.report.json.tmp"));
-        let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
-        std::fs::write(&tmp, json).map_err(io("writing", &tmp))?;
-        std::fs::rename(&tmp, &report_path).map_err(io("writing", &report_path))?;
-        std::fs::rename(path, &target).map_err(io("moving", path))?;
+        self.file_away(path, &report)?;
         tracing::info!(source = %self.name, file = %name, result, messages = report.messages,
             stored, duplicates, rejected, "file processed");
         Ok(report)
     }
+
+    /// A file over `max_file`: nothing of it is read or stored; it goes to `failed/` whole,
+    /// with a report that says why, for the operator to split or re-send.
+    fn refuse_too_large(&self, path: &Path) -> Result<Report, Error> {
+        let name = file_name(path);
+        let why = format!("larger than max_file ({} bytes)", self.cfg.max_file);
+        self.metrics
+            .rejected
+            .get_or_create(&Metrics::source_and(&self.name, "reason", "too-large"))
+            .inc();
+        let report = Report {
+            file: name.clone(),
+            source: self.name.clone(),
+            processed_at: jiff::Timestamp::now().to_string(),
+            result: "failed".into(),
+            messages: 0,
+            stored: 0,
+            duplicates: 0,
+            rejected: 0,
+            refused: Some(why.clone()),
+            outcomes: Vec::new(),
+        };
+        self.file_away(path, &report)?;
+        tracing::warn!(source = %self.name, file = %name, error = %why,
+            "file refused unread: moved to failed/");
+        Ok(report)
+    }
+
+    /// Writes the report and moves the file to `done/` or `failed/` (never over another file).
+    fn file_away(&self, path: &Path, report: &Report) -> Result<(), Error> {
+        let name = file_name(path);
+        let target_dir = self.cfg.dir.join(&report.result);
+        std::fs::create_dir_all(&target_dir).map_err(io("creating", &target_dir))?;
+        let mut target = target_dir.join(&name);
+        if target.exists() {
+            let now = jiff::Timestamp::now().as_microsecond();
+            target = target_dir.join(format!("{name}.{now}"));
+        }
+        let target_name = file_name(&target);
+        let report_path = target_dir.join(format!("{target_name}.report.json"));
+        let tmp = target_dir.join(format!(".{target_name}.report.json.tmp"));
+        let json = serde_json::to_vec_pretty(report).unwrap_or_default();
+        std::fs::write(&tmp, json).map_err(io("writing", &tmp))?;
+        std::fs::rename(&tmp, &report_path).map_err(io("writing", &report_path))?;
+        std::fs::rename(path, &target).map_err(io("moving", path))?;
+        Ok(())
+    }
+}
+
+/// The whole file, or `None` when it holds more than `max` bytes (read no further than that).
+fn read_at_most(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() > max {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut out)?;
+    Ok((out.len() as u64 <= max).then_some(out))
 }
 
 fn file_name(path: &Path) -> String {

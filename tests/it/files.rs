@@ -216,3 +216,74 @@ async fn a_critical_result_in_a_dropped_file_takes_the_critical_lane_and_alerts(
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_over_max_file_is_refused_unread_and_kept_in_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let text = format!(
+        r#"data_dir = "{data}"
+shutdown_timeout = "5s"
+[admin]
+listen = "127.0.0.1:0"
+[[tenant]]
+id = "north"
+[[source]]
+name = "lab-files"
+tenant = "north"
+kind = "file"
+dir = "{inbox}"
+pattern = "*.hl7"
+poll_interval = "100ms"
+max_file = "2KiB"
+"#,
+        data = dir.path().join("data").display(),
+        inbox = inbox.display()
+    );
+    let small = crate::support::oru("S1");
+    assert!(small.len() <= 2048, "fixture fits the limit");
+    let mut big = Vec::new();
+    let mut n = 0;
+    while big.len() <= 2048 {
+        n += 1;
+        big.extend(crate::support::oru(&format!("B{n}")));
+    }
+    std::fs::write(inbox.join("big.hl7"), &big).unwrap();
+    std::fs::write(inbox.join("small.hl7"), &small).unwrap();
+    let gw = Gateway::start_text(dir, &text).await;
+
+    crate::support::eventually(10, "both files moved", || {
+        let (a, b) = (inbox.join("failed/big.hl7"), inbox.join("done/small.hl7"));
+        async move { a.exists() && b.exists() }
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(inbox.join("failed/big.hl7")).unwrap(),
+        big,
+        "kept whole"
+    );
+    let report: Report =
+        serde_json::from_slice(&std::fs::read(inbox.join("failed/big.hl7.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (report.result.as_str(), report.messages, report.stored),
+        ("failed", 0, 0)
+    );
+    let why = report.refused.unwrap_or_default();
+    assert!(why.contains("max_file (2048 bytes)"), "{why}");
+    let stored = gw.queue().scan("north").unwrap();
+    assert_eq!(stored.len(), 1, "only the small file's message");
+    assert!(
+        gw.queue().rejected("north").unwrap().is_empty(),
+        "nothing of the big file read"
+    );
+    let metrics = gw.metrics_text();
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "caregate_messages_rejected_total{source=\"lab-files\",reason=\"too-large\"} 1"
+        )),
+        "{metrics}"
+    );
+    gw.stop().await;
+}
