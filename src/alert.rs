@@ -245,34 +245,58 @@ impl Outage {
 /// Delivers alerts: log line, metrics, webhooks (each POST in its own task, retried a few
 /// times, so a slow alert receiver never holds up forwarding).
 pub struct Alerter {
-    hooks: Vec<(Webhook, reqwest::Client)>,
+    /// Replaced whole by a reload; an alert takes the list current when it is sent.
+    hooks: std::sync::RwLock<Arc<Hooks>>,
     metrics: Arc<Metrics>,
     host: String,
     audit: crate::audit::Recorder,
 }
 
+type Hooks = Vec<(Webhook, reqwest::Client)>;
+
+/// The webhooks of an `[alert]`, with their HTTP clients, ready to replace the running ones.
+pub struct Webhooks(Hooks);
+
+impl Webhooks {
+    /// Builds the clients; fails when a `ca_file` does not load.
+    pub fn build(config: &Config) -> anyhow::Result<Webhooks> {
+        clients(config).map(Webhooks)
+    }
+}
+
+/// One HTTP client per webhook.
+fn clients(config: &Config) -> anyhow::Result<Hooks> {
+    let mut hooks = Vec::new();
+    for w in &config.webhooks {
+        let tls = crate::forward::client::tls_config(w.ca_file.as_deref(), None)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()?;
+        hooks.push((w.clone(), http));
+    }
+    Ok(hooks)
+}
+
 impl Alerter {
     /// Builds one HTTP client per webhook.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Alerter> {
-        let mut hooks = Vec::new();
-        for w in &config.webhooks {
-            let tls = crate::forward::client::tls_config(w.ca_file.as_deref(), None)?;
-            let http = reqwest::Client::builder()
-                .tls_backend_preconfigured(tls)
-                .timeout(Duration::from_secs(10))
-                .no_proxy()
-                .build()?;
-            hooks.push((w.clone(), http));
-        }
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_default();
         Ok(Alerter {
-            hooks,
+            hooks: std::sync::RwLock::new(Arc::new(clients(config)?)),
             metrics,
             host,
             audit: crate::audit::Recorder::disabled(),
         })
+    }
+
+    /// Applies a reloaded `[alert]` ([`Webhooks::build`]): later alerts go to the new
+    /// webhooks; POSTs already under way finish against the old ones.
+    pub fn replace_webhooks(&self, hooks: Webhooks) {
+        *self.hooks.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hooks.0);
     }
 
     /// Records every alert in the audit trail.
@@ -386,7 +410,8 @@ impl Alerter {
     }
 
     fn post<T: Serialize + Clone + Send + Sync + 'static>(&self, alert: &T) {
-        for (hook, http) in &self.hooks {
+        let hooks = self.hooks.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for (hook, http) in hooks.iter() {
             let (hook, http, alert) = (hook.clone(), http.clone(), alert.clone());
             let metrics = self.metrics.clone();
             tokio::spawn(async move {

@@ -388,6 +388,8 @@ pub struct ReloadReport {
     pub tls_reloaded: Vec<String>,
     /// Tenants whose forwarding worker was (re)started or stopped.
     pub tenants: Vec<String>,
+    /// `[alert]` changed and its webhooks were replaced.
+    pub alert_reloaded: bool,
     /// Changed settings that only a restart applies (the running values stay).
     pub restart_required: Vec<&'static str>,
     /// Parts that could not be applied, with the reason (no patient data: config errors only).
@@ -401,6 +403,9 @@ impl std::fmt::Display for ReloadReport {
             "added {:?}, removed {:?}, restarted {:?}, tls re-read {:?}, tenants {:?}",
             self.added, self.removed, self.restarted, self.tls_reloaded, self.tenants
         )?;
+        if self.alert_reloaded {
+            write!(f, ", alert webhooks replaced")?;
+        }
         if !self.restart_required.is_empty() {
             write!(f, "; needs a restart to apply: {:?}", self.restart_required)?;
         }
@@ -567,11 +572,12 @@ impl Running {
     ///   the new certificate, open ones keep theirs;
     /// - a tenant whose section changed gets a new forwarding worker (the old one finishes its
     ///   request and releases its leases first); operator tokens apply at once;
-    /// - `data_dir`, `[admin] listen`, `[queue]`, `[alert]` and `[audit]` need a restart: the
-    ///   report names them and the running values stay.
+    /// - `[alert]` webhooks are replaced: later alerts go to the new list;
+    /// - `data_dir`, `[admin] listen`, `[queue]` and `[audit]` need a restart: the report names
+    ///   them and the running values stay.
     ///
-    /// What the new file needs and cannot have (TLS files that do not load, an upstream
-    /// client that cannot be built) refuses the whole reload before anything is touched.
+    /// What the new file needs and cannot have (TLS files that do not load, an upstream or
+    /// webhook client that cannot be built) refuses the whole reload before anything is touched.
     pub async fn reload(&mut self, new: Config) -> ReloadReport {
         let mut report = ReloadReport::default();
         let old = std::mem::replace(&mut self.config, new.clone());
@@ -609,6 +615,17 @@ impl Running {
                 }
             },
             None => None,
+        };
+        let webhooks = if format!("{:?}", old.alert) == format!("{:?}", new.alert) {
+            None
+        } else {
+            match crate::alert::Webhooks::build(&new.alert) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    failed.push(("alert".to_owned(), format!("{e:#}")));
+                    None
+                }
+            }
         };
         if !failed.is_empty() {
             self.config = old;
@@ -761,6 +778,10 @@ impl Running {
         }
 
         // 4. What applies at once, and what waits for a restart.
+        if let Some(hooks) = webhooks {
+            self.alerter.replace_webhooks(hooks);
+            report.alert_reloaded = true;
+        }
         self.admin_api.set_config(Arc::new(new.clone()));
         self.deadline = new.shutdown_timeout;
         report.restart_required = restart_required(&old, &new);
@@ -828,9 +849,6 @@ fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if format!("{:?}", old.queue) != format!("{:?}", new.queue) {
         out.push("queue");
-    }
-    if format!("{:?}", old.alert) != format!("{:?}", new.alert) {
-        out.push("alert");
     }
     if format!("{:?}", old.audit) != format!("{:?}", new.audit) {
         out.push("audit");

@@ -308,3 +308,76 @@ async fn a_changed_tenant_gets_a_new_worker_and_new_tokens_apply_at_once() {
     assert_eq!(code(&c.send(&oru("AFTER-RELOAD")).await.unwrap()), "AA");
     assert!(g.stop().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_webhooks_are_replaced_in_place() {
+    let (first, second) = (
+        crate::forward::webhook().await,
+        crate::forward::webhook().await,
+    );
+    let hook = |url: &str| format!("[[alert.webhook]]\nurl = \"{url}\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = config(dir.path(), &[("lab", port)], &hook(&first.url));
+    let mut g = Gateway::start_text(dir, &text).await;
+    let critical = |id: &str| {
+        String::from_utf8(crate::forward::lab(id, "MRN1", 90))
+            .unwrap()
+            .replace("4.1|mmol/L|3.5-5.1|N", "7.9|mmol/L|3.5-5.1|HH")
+            .into_bytes()
+    };
+    let got = |h: &crate::forward::Hook| -> Vec<String> {
+        let got = h.got.lock().unwrap();
+        got.iter()
+            .map(|v| v["control_id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let mut c = g.client().await;
+    assert_eq!(code(&c.send(&critical("K1")).await.unwrap()), "AA");
+    support::eventually(10, "the first webhook got K1", || {
+        let n = got(&first).len();
+        async move { n == 1 }
+    })
+    .await;
+
+    let moved = config(g.dir.path(), &[("lab", port)], &hook(&second.url));
+    let report = reload_with(&mut g, &moved).await;
+    assert!(report.alert_reloaded, "{report}");
+    assert!(
+        report.restart_required.is_empty() && report.failed.is_empty(),
+        "{report}"
+    );
+    assert!(
+        report.restarted.is_empty(),
+        "the source keeps running: {report}"
+    );
+    assert_eq!(code(&c.send(&critical("K2")).await.unwrap()), "AA");
+    support::eventually(10, "the second webhook got K2", || {
+        let n = got(&second).len();
+        async move { n == 1 }
+    })
+    .await;
+    assert_eq!(got(&second), ["K2"]);
+
+    // A webhook whose CA file does not load refuses the reload; the running list stays.
+    let broken = format!("{}ca_file = \"/nonexistent/ca.pem\"\n", hook(&first.url));
+    let broken = config(g.dir.path(), &[("lab", port)], &broken);
+    let report = reload_with(&mut g, &broken).await;
+    assert!(!report.alert_reloaded, "{report}");
+    assert!(
+        report.failed.iter().any(|(part, _)| part == "alert"),
+        "{report}"
+    );
+    assert_eq!(code(&c.send(&critical("K3")).await.unwrap()), "AA");
+    support::eventually(10, "the second webhook got K3", || {
+        let n = got(&second).len();
+        async move { n == 2 }
+    })
+    .await;
+    assert_eq!(
+        got(&first),
+        ["K1"],
+        "the old webhook got nothing after the reload"
+    );
+    assert!(g.stop().await.is_empty());
+}
