@@ -388,8 +388,8 @@ pub struct ReloadReport {
     pub tls_reloaded: Vec<String>,
     /// Tenants whose forwarding worker was (re)started or stopped.
     pub tenants: Vec<String>,
-    /// `[alert]` changed and its webhooks were replaced.
-    pub alert_reloaded: bool,
+    /// Sections changed and applied in place (`alert`: webhooks replaced; `queue`: limits).
+    pub applied: Vec<&'static str>,
     /// Changed settings that only a restart applies (the running values stay).
     pub restart_required: Vec<&'static str>,
     /// Parts that could not be applied, with the reason (no patient data: config errors only).
@@ -403,8 +403,8 @@ impl std::fmt::Display for ReloadReport {
             "added {:?}, removed {:?}, restarted {:?}, tls re-read {:?}, tenants {:?}",
             self.added, self.removed, self.restarted, self.tls_reloaded, self.tenants
         )?;
-        if self.alert_reloaded {
-            write!(f, ", alert webhooks replaced")?;
+        if !self.applied.is_empty() {
+            write!(f, ", applied in place {:?}", self.applied)?;
         }
         if !self.restart_required.is_empty() {
             write!(f, "; needs a restart to apply: {:?}", self.restart_required)?;
@@ -572,9 +572,10 @@ impl Running {
     ///   the new certificate, open ones keep theirs;
     /// - a tenant whose section changed gets a new forwarding worker (the old one finishes its
     ///   request and releases its leases first); operator tokens apply at once;
-    /// - `[alert]` webhooks are replaced: later alerts go to the new list;
-    /// - `data_dir`, `[admin] listen`, `[queue]` and `[audit]` need a restart: the report names
-    ///   them and the running values stay.
+    /// - `[alert]` webhooks are replaced (later alerts go to the new list) and `[queue]` limits
+    ///   apply from the next write;
+    /// - `data_dir`, `[admin] listen` and `[audit]` need a restart: the report names them and
+    ///   the running values stay.
     ///
     /// What the new file needs and cannot have (TLS files that do not load, an upstream or
     /// webhook client that cannot be built) refuses the whole reload before anything is touched.
@@ -780,7 +781,11 @@ impl Running {
         // 4. What applies at once, and what waits for a restart.
         if let Some(hooks) = webhooks {
             self.alerter.replace_webhooks(hooks);
-            report.alert_reloaded = true;
+            report.applied.push("alert");
+        }
+        if format!("{:?}", old.queue) != format!("{:?}", new.queue) {
+            self.queue.set_limits(new.queue);
+            report.applied.push("queue");
         }
         self.admin_api.set_config(Arc::new(new.clone()));
         self.deadline = new.shutdown_timeout;
@@ -846,9 +851,6 @@ fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.admin.tls.is_some() != new.admin.tls.is_some() {
         out.push("admin.tls");
-    }
-    if format!("{:?}", old.queue) != format!("{:?}", new.queue) {
-        out.push("queue");
     }
     if format!("{:?}", old.audit) != format!("{:?}", new.audit) {
         out.push("audit");

@@ -315,7 +315,8 @@ struct Totals {
 struct Inner {
     db: RwLock<Arc<Database>>,
     opener: Opener,
-    limits: Limits,
+    /// Read at the start of every write group; a reload replaces it ([`Queue::set_limits`]).
+    limits: Mutex<Limits>,
     durable: bool,
     totals: Mutex<Totals>,
     leased: Mutex<HashSet<u64>>,
@@ -427,7 +428,7 @@ impl Queue {
         let inner = Arc::new(Inner {
             db: RwLock::new(Arc::new(db)),
             opener,
-            limits,
+            limits: Mutex::new(limits),
             durable,
             totals: Mutex::new(totals),
             leased: Mutex::new(HashSet::new()),
@@ -454,6 +455,13 @@ impl Queue {
         // A dropped reply means the writer abandoned the group on an error: nothing was committed.
         rx.await
             .map_err(|_| Error::Storage("the write was not committed".to_owned()))?
+    }
+
+    /// Applies reloaded `[queue]` limits from the next write group on. Lower limits than what
+    /// is stored refuse new messages (senders get AE/AR and keep them) until delivery drains
+    /// the queue below them; nothing stored is dropped.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.inner.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     /// Stores one envelope durably. Returns after the commit (or after finding a stored copy).
@@ -1128,7 +1136,8 @@ impl Inner {
         let mut readied = false;
         let auditing = self.audit.get().is_some();
         let mut notes: Vec<Note> = Vec::new();
-        let window = i64::try_from(self.limits.dedup_window.as_micros()).unwrap_or(i64::MAX);
+        let limits = *self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let window = i64::try_from(limits.dedup_window.as_micros()).unwrap_or(i64::MAX);
         // A stored copy counts only within the window, whether or not expiry has run yet.
         let live = |item: &NewEnvelope, (id, at): (u64, i64)| {
             (item.received_at_us.saturating_sub(at) < window).then_some(id)
@@ -1165,8 +1174,8 @@ impl Inner {
                             }
                             known.push((key, hit));
                         }
-                        if totals.messages + new_count > self.limits.max_messages
-                            || totals.bytes + new_bytes > self.limits.max_bytes
+                        if totals.messages + new_count > limits.max_messages
+                            || totals.bytes + new_bytes > limits.max_bytes
                         {
                             let full = Error::Full {
                                 messages: totals.messages,
@@ -1242,8 +1251,8 @@ impl Inner {
                         reply,
                     } => {
                         let bytes = item.payload.len() as u64;
-                        if totals.messages + 1 > self.limits.max_messages
-                            || totals.bytes + bytes > self.limits.max_bytes
+                        if totals.messages + 1 > limits.max_messages
+                            || totals.bytes + bytes > limits.max_bytes
                         {
                             let full = Error::Full {
                                 messages: totals.messages,

@@ -1,6 +1,7 @@
 //! Reload in place (`Running::reload`, what SIGHUP runs): sources added, moved and removed under
 //! load without losing a message, a bad file refused, TLS certificates re-read, a tenant's worker
-//! restarted, operator tokens applied. The SIGHUP path of the real binary is in `process`.
+//! restarted, operator tokens applied, alert webhooks and queue limits changed in place. The
+//! SIGHUP path of the real binary is in `process`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -300,12 +301,37 @@ async fn a_changed_tenant_gets_a_new_worker_and_new_tokens_apply_at_once() {
     let report = reload_with(&mut g, &changed).await;
     assert_eq!(report, caregate::app::ReloadReport::default());
 
-    // Settings only a restart applies are named, and the running values stay.
-    let queue_changed = changed.replace("[[tenant]]", "[queue]\nmax_messages = 5\n[[tenant]]");
-    let report = reload_with(&mut g, &queue_changed).await;
-    assert_eq!(report.restart_required, ["queue"], "{report}");
+    // Queue limits apply from the next message (the upstream is unreachable: stored ones stay).
+    let limit = |n: u32| {
+        changed.replace(
+            "[[tenant]]",
+            &format!("[queue]\nmax_messages = {n}\n[[tenant]]"),
+        )
+    };
+    let report = reload_with(&mut g, &limit(1)).await;
+    assert_eq!(report.applied, ["queue"], "{report}");
+    assert!(
+        report.restart_required.is_empty() && report.tenants.is_empty(),
+        "{report}"
+    );
     let mut c = g.client().await;
     assert_eq!(code(&c.send(&oru("AFTER-RELOAD")).await.unwrap()), "AA");
+    let full = c.send(&oru("OVER-LIMIT")).await.unwrap();
+    assert_eq!(code(&full), "AR", "the lowered limit holds: {}", full.raw);
+    let report = reload_with(&mut g, &limit(5)).await;
+    assert_eq!(report.applied, ["queue"], "{report}");
+    assert_eq!(
+        code(&c.send(&oru("OVER-LIMIT")).await.unwrap()),
+        "AA",
+        "room made without a restart"
+    );
+    assert_eq!(g.queue().scan("north").unwrap().len(), 2);
+
+    // Settings only a restart applies are named, and the running values stay.
+    let audit_changed =
+        limit(5).replace("[[tenant]]", "[audit]\nrotate_every = \"1h\"\n[[tenant]]");
+    let report = reload_with(&mut g, &audit_changed).await;
+    assert_eq!(report.restart_required, ["audit"], "{report}");
     assert!(g.stop().await.is_empty());
 }
 
@@ -342,7 +368,7 @@ async fn alert_webhooks_are_replaced_in_place() {
 
     let moved = config(g.dir.path(), &[("lab", port)], &hook(&second.url));
     let report = reload_with(&mut g, &moved).await;
-    assert!(report.alert_reloaded, "{report}");
+    assert_eq!(report.applied, ["alert"], "{report}");
     assert!(
         report.restart_required.is_empty() && report.failed.is_empty(),
         "{report}"
@@ -363,7 +389,7 @@ async fn alert_webhooks_are_replaced_in_place() {
     let broken = format!("{}ca_file = \"/nonexistent/ca.pem\"\n", hook(&first.url));
     let broken = config(g.dir.path(), &[("lab", port)], &broken);
     let report = reload_with(&mut g, &broken).await;
-    assert!(!report.alert_reloaded, "{report}");
+    assert!(report.applied.is_empty(), "{report}");
     assert!(
         report.failed.iter().any(|(part, _)| part == "alert"),
         "{report}"
