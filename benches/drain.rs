@@ -3,9 +3,9 @@
 //! local FHIR sink over TLS 1.3 / HTTP/2. Reports messages/s from the daemon's start to an
 //! empty queue, the requests and entries the sink saw, and the daemon's peak RSS (VmHWM).
 //!
-//! The sink answers every transaction with 200 and a transaction-response without looking at
-//! the entries: it measures caregate (lease, convert, merge, TLS, ack with fsync), not a
-//! server. The backlog is written beforehand with fsync off (that is not what is measured).
+//! The sink answers every transaction with 200 and a transaction-response (one entry per
+//! `"request":{` it counts in the body) without otherwise looking at the entries: it measures
+//! caregate (lease, convert, merge, TLS, ack with fsync), not a server. The backlog is written beforehand with fsync off (that is not what is measured).
 //!
 //! ```text
 //! scripts/bench-drain.sh [--messages 100000] [--batch 100]
@@ -269,6 +269,25 @@ impl SinkPki {
     }
 }
 
+/// What a server answers a transaction with `return=minimal`: one `201 Created` per entry
+/// (caregate checks the count). Entries are counted by their `"request":{` without parsing.
+fn transaction_response(request: &[u8]) -> Vec<u8> {
+    const ENTRY: &[u8] = br#"{"response":{"status":"201 Created"}}"#;
+    let n = request
+        .windows(11)
+        .filter(|w| *w == br#""request":{"#)
+        .count();
+    let mut out = br#"{"resourceType":"Bundle","type":"transaction-response","entry":["#.to_vec();
+    for i in 0..n {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(ENTRY);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 /// A TLS 1.3, h2/http1.1 sink that answers 200 to every request. Returns its port.
 async fn sink(pki: &SinkPki, seen: Arc<Seen>) -> u16 {
     use http_body_util::BodyExt as _;
@@ -308,13 +327,13 @@ async fn sink(pki: &SinkPki, seen: Arc<Seen>) -> u16 {
                             seen.requests.fetch_add(1, Ordering::Relaxed);
                             seen.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
                             Ok::<_, Infallible>(
-                            hyper::Response::builder()
-                                .header("content-type", "application/fhir+json")
-                                .body(http_body_util::Full::new(Bytes::from_static(
-                                    br#"{"resourceType":"Bundle","type":"transaction-response"}"#,
-                                )))
-                                .unwrap(),
-                        )
+                                hyper::Response::builder()
+                                    .header("content-type", "application/fhir+json")
+                                    .body(http_body_util::Full::new(Bytes::from(
+                                        transaction_response(&body),
+                                    )))
+                                    .unwrap(),
+                            )
                         }
                     },
                 );

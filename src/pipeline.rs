@@ -462,7 +462,8 @@ impl Worker {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Stopped>> + Send + '_>> {
         Box::pin(async move {
             let tenant = self.tenant().to_owned();
-            let body = Bytes::from(merge(&items));
+            let (body, entries) = merge(&items);
+            let body = Bytes::from(body);
             let mut conflicts = 0u32;
             let mut reauthenticated = false;
             loop {
@@ -484,11 +485,21 @@ impl Worker {
                     .upstream_seconds
                     .get_or_create(&Metrics::tenant(&tenant))
                     .observe(elapsed.as_secs_f64());
-                let disposition = retry::classify(&answer, conflicts, reauthenticated);
-                let (status, error) = match &answer {
+                let mut disposition = retry::classify(&answer, conflicts, reauthenticated);
+                let (status, mut error) = match &answer {
                     Answer::Status { status, .. } => (Some(*status), format!("HTTP {status}")),
                     Answer::Transport(e) => (None, e.clone()),
                 };
+                if let (Disposition::Delivered, Answer::Status { body, .. }) =
+                    (&disposition, &answer)
+                {
+                    if let Err(why) = retry::confirms(body, entries) {
+                        tracing::warn!(tenant = %tenant, correlation_id = %corr, status,
+                            problem = why, "upstream answered success without confirming the transaction; not counted as delivered");
+                        error = format!("{error}: {why}");
+                        disposition = Disposition::RouteError;
+                    }
+                }
                 let outcome = match &disposition {
                     Disposition::Delivered => "delivered",
                     Disposition::Retry { .. } => "retry",
@@ -943,7 +954,8 @@ pub async fn release_held(
 /// fullUrl already appeared (the same Patient/Encounter/Device: their fullUrls derive from
 /// their identity) is sent once, as sequential processing would leave it: a PUT (update)
 /// replaces an earlier entry, a conditional create after an earlier entry changes nothing.
-fn merge(items: &[Prepared]) -> Vec<u8> {
+/// Also returns how many entries it holds (the transaction-response must have as many).
+fn merge(items: &[Prepared]) -> (Vec<u8>, usize) {
     let mut slots: Vec<&PreparedEntry> = Vec::new();
     let mut at: HashMap<&str, usize> = HashMap::new();
     for e in items.iter().flat_map(|p| &p.entries) {
@@ -969,7 +981,7 @@ fn merge(items: &[Prepared]) -> Vec<u8> {
         out.extend_from_slice(&e.json);
     }
     out.extend_from_slice(b"]}");
-    out
+    (out, slots.len())
 }
 
 #[cfg(test)]
@@ -1032,7 +1044,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            tags(&merge(&[a, b, c])),
+            tags(&merge(&[a, b, c]).0),
             vec!["update-p-2", "obs-1", "obs-2", "obs-3"]
         );
     }
@@ -1040,7 +1052,7 @@ mod tests {
     #[test]
     fn a_single_message_is_its_own_bundle() {
         let a = prepared(1, vec![entry("urn:uuid:x", true, "x")]);
-        assert_eq!(tags(&merge(&[a])), vec!["x"]);
+        assert_eq!(tags(&merge(&[a]).0), vec!["x"]);
     }
 
     #[test]

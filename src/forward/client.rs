@@ -18,7 +18,8 @@ use crate::mllp::tls::{load_certs, load_key};
 /// FHIR's JSON media type.
 pub const FHIR_JSON: &str = "application/fhir+json";
 
-/// Most response bytes kept (an OperationOutcome for a dead letter; the rest is dropped).
+/// Most bytes kept of a failure's answer (an OperationOutcome for a dead letter; the rest is
+/// dropped).
 const MAX_BODY: usize = 64 << 10;
 
 /// Setup errors.
@@ -161,7 +162,14 @@ impl Upstream {
                     .get(RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| retry::parse_retry_after(v, jiff::Timestamp::now()));
-                let body = read_capped(resp).await;
+                // A success carries the transaction-response the pipeline checks, about as
+                // large as the request with `return=minimal` (twice that if a server ignores it).
+                let cap = if resp.status().is_success() {
+                    self.config.batch_bytes.saturating_mul(2).max(MAX_BODY)
+                } else {
+                    MAX_BODY
+                };
+                let body = read_capped(resp, cap).await;
                 Answer::Status {
                     status,
                     retry_after,
@@ -324,13 +332,13 @@ async fn read_limited(resp: &mut reqwest::Response, max: usize) -> Result<Vec<u8
     Ok(body)
 }
 
-async fn read_capped(resp: reqwest::Response) -> String {
+async fn read_capped(resp: reqwest::Response, cap: usize) -> String {
     let mut resp = resp;
     let mut out = Vec::new();
     while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = MAX_BODY.saturating_sub(out.len());
+        let room = cap.saturating_sub(out.len());
         out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if out.len() >= MAX_BODY {
+        if out.len() >= cap {
             break;
         }
     }

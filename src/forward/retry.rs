@@ -82,6 +82,32 @@ pub fn classify(answer: &Answer, conflicts: u32, reauthenticated: bool) -> Dispo
     }
 }
 
+/// Whether a 2xx answer to a transaction of `entries` entries is the server's: a FHIR
+/// `transaction-response` Bundle with one entry per request entry, each with a 2xx status
+/// (FHIR R4 http.html#transaction-response). Anything else, such as a proxy's or a login page's
+/// `200 OK`, or a server that ignored the transaction, is not a delivery: the envelopes stay
+/// and are retried as a route error (alert, never dead-letter). The reason names no content.
+pub fn confirms(body: &str, entries: usize) -> Result<(), &'static str> {
+    let v: serde_json::Value = serde_json::from_str(body)
+        .map_err(|_| "a 2xx answer that is not FHIR JSON (or larger than the read limit)")?;
+    if v["resourceType"] != "Bundle" || v["type"] != "transaction-response" {
+        return Err("a 2xx answer that is not a transaction-response Bundle");
+    }
+    let got = v["entry"].as_array().map_or(&[][..], Vec::as_slice);
+    if got.len() != entries {
+        return Err("a transaction-response with another number of entries than sent");
+    }
+    let ok = |e: &serde_json::Value| {
+        e["response"]["status"]
+            .as_str()
+            .is_some_and(|s| s.trim_start().starts_with('2'))
+    };
+    if !got.iter().all(ok) {
+        return Err("a transaction-response with an entry that did not succeed");
+    }
+    Ok(())
+}
+
 /// Parses `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3), relative to `now`.
 pub fn parse_retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
     let v = value.trim();
@@ -236,6 +262,42 @@ mod tests {
                 after: Some(MAX_RETRY_AFTER)
             }
         );
+    }
+
+    #[test]
+    fn only_a_matching_transaction_response_confirms_a_delivery() {
+        let response = |statuses: &[&str]| {
+            let entries: Vec<String> = statuses
+                .iter()
+                .map(|s| {
+                    format!(
+                        r#"{{"response":{{"status":"{s}","location":"Observation/x/_history/1"}}}}"#
+                    )
+                })
+                .collect();
+            format!(
+                r#"{{"resourceType":"Bundle","type":"transaction-response","entry":[{}]}}"#,
+                entries.join(",")
+            )
+        };
+        assert_eq!(
+            confirms(&response(&["201 Created", "200 OK", "200"]), 3),
+            Ok(())
+        );
+        assert_eq!(confirms(&response(&[]), 0), Ok(()));
+        for (body, entries) in [
+            ("<html><body>Please log in</body></html>".to_owned(), 1),
+            (String::new(), 1),
+            (r#"{"resourceType":"OperationOutcome","issue":[]}"#.to_owned(), 1),
+            (r#"{"resourceType":"Bundle","type":"batch-response","entry":[{"response":{"status":"201"}}]}"#.to_owned(), 1),
+            (response(&["201 Created"]), 2),
+            (response(&["201 Created", "201 Created"]), 1),
+            (response(&["201 Created", "400 Bad Request"]), 2),
+            (r#"{"resourceType":"Bundle","type":"transaction-response","entry":[{}]}"#.to_owned(), 1),
+            (response(&["201 Created"])[..40].to_owned(), 1),
+        ] {
+            assert!(confirms(&body, entries).is_err(), "{body} confirmed {entries} entries");
+        }
     }
 
     #[test]

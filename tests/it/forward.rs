@@ -676,3 +676,57 @@ async fn oauth2_client_credentials_fetch_and_refresh_tokens() {
 pub(crate) fn observation_ids(tenant: &str, source: &str, msg: &[u8]) -> Vec<String> {
     crate::support::observation_ids_in(tenant, source, "America/Chicago", msg)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_that_is_not_a_transaction_response_is_not_counted_as_delivered() {
+    let pki = pki();
+    let Some(server) = FhirServer::start(&pki, Options::default()).await else {
+        return;
+    };
+    let hook = webhook().await;
+    let g = start_north(&pki, &server, "", Some(&hook.url)).await;
+    // Something on the way (a proxy, a login page, a wrong endpoint) answers 200 to every
+    // request with an OperationOutcome and stores nothing.
+    server.set_fault(Fault::status(200)).await;
+    let msgs: Vec<Vec<u8>> = (0..4)
+        .map(|i| lab(&format!("OK2XX{i}"), "MRN1", 100 + i))
+        .collect();
+    let mut c = client_for(&g, "lab").await;
+    send_all(&mut c, &msgs).await;
+    eventually(10, "route errors counted", || async {
+        metric(
+            &g.metrics_text(),
+            "caregate_upstream_requests_total{tenant=\"north\",outcome=\"route_error\"}",
+        ) >= 2.0
+    })
+    .await;
+    eventually(10, "outage alert", || async {
+        hook.kinds().iter().any(|k| k == "upstream-down")
+    })
+    .await;
+    assert_eq!(
+        g.queue().scan("north").unwrap().len(),
+        4,
+        "all still queued"
+    );
+    assert_eq!(server.count("Observation").await, 0);
+    let status = g.running().admin_api.status().await.unwrap();
+    let up = status.tenants[0].upstream.clone().unwrap();
+    let why = up.last_error.unwrap_or_default();
+    assert!(
+        why.contains("HTTP 200") && why.contains("transaction-response"),
+        "{why}"
+    );
+
+    // The real server again: everything arrives once, the queue drains.
+    server.set_fault(Fault::None).await;
+    eventually(60, "every Observation at the server", || async {
+        server.count("Observation").await == msgs.len() as u64 * OBS_PER_MESSAGE
+    })
+    .await;
+    eventually(10, "queue drained", || async {
+        g.queue().scan("north").unwrap().is_empty()
+    })
+    .await;
+    assert!(g.stop().await.is_empty());
+}
