@@ -693,6 +693,9 @@ pub enum LineError {
     /// Valid values, but not byte-for-byte the canonical form.
     #[error("not in canonical form (bytes were changed)")]
     NotCanonical,
+    /// Longer than any audit line (over 1 MiB; valid lines stay under 16 KiB): not read.
+    #[error("line longer than 1 MiB (not a valid audit line)")]
+    TooLong,
 }
 
 impl Line {

@@ -6,9 +6,9 @@
 //! times in their names, with a day of slack for clock steps) are not opened.
 //!
 //! Export does not verify: run `verify` on the same directory for that. A line that does not
-//! parse is returned as an error (file and line, no content) and the export goes on. Export may
-//! run while the daemon writes: an incomplete last line is not yet part of the trail and is
-//! left out.
+//! parse, or is longer than 1 MiB (skipped, never held in memory), is returned as an error
+//! (file and line, no content) and the export goes on. Export may run while the daemon writes:
+//! an incomplete last line is not yet part of the trail and is left out.
 
 use std::collections::VecDeque;
 use std::io::BufRead;
@@ -18,7 +18,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::Error;
 use super::entry::{Entry, Line, Tenant};
-use super::files::{self, TrailFile};
+use super::files::{self, Next, TrailFile};
 
 const SLACK: SignedDuration = SignedDuration::from_hours(24);
 
@@ -89,10 +89,18 @@ impl Iterator for Export {
                 continue;
             };
             match files::next_line(&mut **reader, &mut self.buf) {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Next::Line) => {}
+                Ok(Next::End) => {
                     self.current = None;
                     continue;
+                }
+                Ok(Next::TooLong { .. }) => {
+                    // Skipped, not held (a valid line is far shorter); export goes on after it.
+                    *line_no += 1;
+                    return Some(Err(Error::Malformed {
+                        file: f.name.clone(),
+                        line: *line_no,
+                    }));
                 }
                 Err(e) => {
                     let path = f.path(&self.dir);
@@ -128,5 +136,33 @@ impl Iterator for Export {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::audit::entry::{GENESIS, Hash};
+    use crate::audit::testutil::{entry_line, joined, write_file};
+
+    #[test]
+    fn a_line_longer_than_the_cap_is_an_error_and_export_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let l0 = entry_line(0, GENESIS, None);
+        let long = vec![b'x'; 2 * files::MAX_LINE];
+        let l2 = entry_line(2, Hash([1; 32]), None);
+        let name = write_file(dir.path(), 0, &joined(&[&l0, &long, &l2]));
+        let got: Vec<_> = export(dir.path(), &Tenant::System, None, None)
+            .unwrap()
+            .collect();
+        assert_eq!(got.len(), 3);
+        assert!(matches!(&got[0], Ok(e) if e.seq == 0));
+        assert!(
+            matches!(&got[1], Err(Error::Malformed { file, line: 2 }) if *file == name),
+            "{:?}",
+            got[1]
+        );
+        assert!(matches!(&got[2], Ok(e) if e.seq == 2));
     }
 }

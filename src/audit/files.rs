@@ -140,29 +140,104 @@ pub fn open(dir: &Path, f: &TrailFile) -> Result<Box<dyn BufRead + Send>, Error>
     })
 }
 
-/// Reads the next line into `buf` (cleared first), keeping the newline if there is one.
-/// Returns false at the end.
-pub fn next_line(r: &mut dyn BufRead, buf: &mut Vec<u8>) -> io::Result<bool> {
+/// Longest line the readers accept, newline not counted: 1 MiB. A valid line is under
+/// 16 KiB ([`super::entry::MAX_RESOURCE_IDS`] keeps it there), so anything longer is damage or
+/// tampering; the cap is what keeps a damaged file (e.g. a `.jsonl.gz` that inflates to
+/// gigabytes without a newline) from making `verify`, `export`, retention or the writer's start
+/// hold it in memory. It also bounds how far [`tail`] reads back from the end.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// What [`next_line`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The end of the file: nothing read.
+    End,
+    /// A line is in the buffer, with its newline unless it is the file's unterminated last.
+    Line,
+    /// A line longer than [`MAX_LINE`]. It was read past, not kept (the buffer is empty), up to
+    /// and including its newline, or to the end of the file when `terminated` is false; the
+    /// next call reads the line after it.
+    TooLong {
+        /// It ended with a newline.
+        terminated: bool,
+    },
+}
+
+/// Reads the next line into `buf` (cleared first), keeping the newline if there is one. Never
+/// holds more than [`MAX_LINE`] bytes of one line plus one read buffer; a longer line is
+/// skipped and reported as [`Next::TooLong`].
+pub fn next_line(r: &mut dyn BufRead, buf: &mut Vec<u8>) -> io::Result<Next> {
     buf.clear();
-    Ok(r.read_until(b'\n', buf)? > 0)
+    let mut skipping = false;
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(if skipping {
+                Next::TooLong { terminated: false }
+            } else if buf.is_empty() {
+                Next::End
+            } else {
+                Next::Line
+            });
+        }
+        let newline = avail.iter().position(|&b| b == b'\n');
+        let (used, content) = match newline {
+            Some(i) => (i + 1, i),
+            None => (avail.len(), avail.len()),
+        };
+        if !skipping {
+            if buf.len() + content > MAX_LINE {
+                skipping = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(avail.get(..used).unwrap_or(avail));
+            }
+        }
+        r.consume(used);
+        if newline.is_some() {
+            return Ok(if skipping {
+                Next::TooLong { terminated: true }
+            } else {
+                Next::Line
+            });
+        }
+    }
 }
 
 /// The last complete line of a file (whole-file read: for gz, and for files being retired).
+/// A last complete line longer than [`MAX_LINE`] is no valid line: [`Error::Corrupt`].
 pub fn last_line(dir: &Path, f: &TrailFile) -> Result<Option<Vec<u8>>, Error> {
     let mut r = open(dir, f)?;
     let mut buf = Vec::new();
     let mut last = None;
-    while next_line(&mut *r, &mut buf).map_err(|e| Error::io(&f.path(dir), e))? {
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-            last = Some(std::mem::take(&mut buf));
+    let mut last_too_long = false;
+    loop {
+        match next_line(&mut *r, &mut buf).map_err(|e| Error::io(&f.path(dir), e))? {
+            Next::End => break,
+            Next::Line => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    last = Some(std::mem::take(&mut buf));
+                    last_too_long = false;
+                }
+            }
+            Next::TooLong { terminated } => last_too_long |= terminated,
         }
+    }
+    if last_too_long {
+        return Err(Error::Corrupt {
+            file: f.name.clone(),
+        });
     }
     Ok(last)
 }
 
 /// The end of a plain file: its length up to the last newline, the last complete line, and
-/// how many bytes follow that newline (a torn write). Reads backwards, not the whole file.
+/// how many bytes follow that newline (a torn write).
 pub struct Tail {
     /// Bytes up to and including the last newline.
     pub complete_len: u64,
@@ -172,42 +247,90 @@ pub struct Tail {
     pub torn: u64,
 }
 
-/// Finds the [`Tail`] of an open plain file.
-pub fn tail(file: &mut File) -> io::Result<Tail> {
+/// What [`tail`] found at the end of a plain file.
+pub enum End {
+    /// The last complete line (if any) and the torn bytes after it (at most [`MAX_LINE`]).
+    Tail(Tail),
+    /// The last complete line is longer than [`MAX_LINE`], so it is not a valid line.
+    LastLineTooLong,
+    /// More than [`MAX_LINE`] bytes follow the last newline (or the file has none and is that
+    /// long). A crash tears at most one line, which is far shorter: this is damage, not a torn
+    /// write, and the caller must not cut it off.
+    TornTooLong,
+}
+
+/// Finds the [`End`] of an open plain file. Reads backwards in chunks, looking for newlines
+/// only in each new chunk, and stops after two newlines, at the start, or once the torn part or
+/// the last line is known to exceed [`MAX_LINE`]: at most `2 * (MAX_LINE + 64 KiB)` bytes,
+/// whatever the file's size.
+pub fn tail<F: Read + Seek>(file: &mut F) -> io::Result<End> {
     const CHUNK: u64 = 64 << 10;
+    let max = MAX_LINE as u64;
     let len = file.seek(SeekFrom::End(0))?;
-    // Collect bytes from the end until two newlines are seen (or the start is reached).
-    let mut back: Vec<u8> = Vec::new();
+    // Chunks read so far, last one first; together they hold the bytes `pos..len`.
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
     let mut pos = len;
-    loop {
-        let newlines = back.iter().filter(|&&b| b == b'\n').count();
-        if newlines >= 2 || pos == 0 {
-            break;
-        }
+    // File offsets of the last newline and the one before it.
+    let mut last_nl: Option<u64> = None;
+    let mut prev_nl: Option<u64> = None;
+    while pos > 0 && prev_nl.is_none() {
         let start = pos.saturating_sub(CHUNK);
         let mut chunk = vec![0; (pos - start) as usize];
         file.seek(SeekFrom::Start(start))?;
         file.read_exact(&mut chunk)?;
-        chunk.extend_from_slice(&back);
-        back = chunk;
+        for (i, _) in chunk.iter().enumerate().rev().filter(|(_, b)| **b == b'\n') {
+            let at = start + i as u64;
+            if last_nl.is_none() {
+                last_nl = Some(at);
+            } else {
+                prev_nl = Some(at);
+                break;
+            }
+        }
+        chunks.push(chunk);
         pos = start;
+        // The line being searched (the torn part, then the last line) ends at the last newline
+        // found, or at the end. Once it is longer than MAX_LINE the answer is known: stop.
+        if last_nl.unwrap_or(len) - pos > max {
+            break;
+        }
     }
-    let Some(last_nl) = back.iter().rposition(|&b| b == b'\n') else {
-        return Ok(Tail {
-            complete_len: 0,
-            last_line: None,
-            torn: len,
+    let Some(last_nl) = last_nl else {
+        // No newline in `pos..len`: all of the file, or more than MAX_LINE bytes of it.
+        return Ok(if len - pos > max {
+            End::TornTooLong
+        } else {
+            End::Tail(Tail {
+                complete_len: 0,
+                last_line: None,
+                torn: len,
+            })
         });
     };
-    let line_start = back[..last_nl]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    Ok(Tail {
-        complete_len: pos + last_nl as u64 + 1,
-        last_line: Some(back[line_start..last_nl].to_vec()),
-        torn: (back.len() - last_nl - 1) as u64,
-    })
+    if len - last_nl - 1 > max {
+        return Ok(End::TornTooLong);
+    }
+    let line_start = match prev_nl {
+        Some(p) => p + 1,
+        None if pos == 0 => 0,
+        // Stopped before the line's start: it is longer than MAX_LINE.
+        None => return Ok(End::LastLineTooLong),
+    };
+    if last_nl - line_start > max {
+        return Ok(End::LastLineTooLong);
+    }
+    let mut back = Vec::with_capacity((len - pos) as usize);
+    for c in chunks.iter().rev() {
+        back.extend_from_slice(c);
+    }
+    let line = back
+        .get((line_start - pos) as usize..(last_nl - pos) as usize)
+        .ok_or_else(|| io::Error::other("audit tail: line offsets outside the bytes read"))?;
+    Ok(End::Tail(Tail {
+        complete_len: last_nl + 1,
+        last_line: Some(line.to_vec()),
+        torn: len - last_nl - 1,
+    }))
 }
 
 /// Creates a new plain file for appending (mode 0640) and makes its name durable.
@@ -327,6 +450,10 @@ mod tests {
         }
     }
 
+    fn tail_of(content: &[u8]) -> End {
+        tail(&mut io::Cursor::new(content)).unwrap()
+    }
+
     #[test]
     fn tail_finds_the_last_line_and_torn_bytes() {
         let dir = tempfile::tempdir().unwrap();
@@ -339,7 +466,9 @@ mod tests {
             (b"abc\ndef\ngh", 8, Some(&b"def"[..]), 2),
         ] {
             fs::write(&p, content).unwrap();
-            let t = tail(&mut File::open(&p).unwrap()).unwrap();
+            let End::Tail(t) = tail(&mut File::open(&p).unwrap()).unwrap() else {
+                panic!("{content:?}: not a plain tail");
+            };
             assert_eq!(t.complete_len, want_len);
             assert_eq!(t.last_line.as_deref(), want_line);
             assert_eq!(t.torn, want_torn);
@@ -351,10 +480,134 @@ mod tests {
         big.push(b'\n');
         big.extend_from_slice(b"zz");
         fs::write(&p, &big).unwrap();
-        let t = tail(&mut File::open(&p).unwrap()).unwrap();
+        let End::Tail(t) = tail(&mut File::open(&p).unwrap()).unwrap() else {
+            panic!("not a plain tail");
+        };
         assert_eq!(t.last_line.unwrap().len(), 100_000);
         assert_eq!(t.torn, 2);
         assert_eq!(t.complete_len, 300_002);
+    }
+
+    /// Counts the bytes read through it.
+    struct Counting<R> {
+        inner: R,
+        read: u64,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    impl<R: Seek> Seek for Counting<R> {
+        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+
+    #[test]
+    fn tail_of_a_large_file_without_newline_reads_a_bounded_amount_and_reports_damage() {
+        let mut f = Counting {
+            inner: io::Cursor::new(vec![b'x'; 32 << 20]),
+            read: 0,
+        };
+        assert!(matches!(tail(&mut f).unwrap(), End::TornTooLong));
+        assert!(f.read <= 2 * (MAX_LINE as u64 + (64 << 10)), "{}", f.read);
+        // The same with lines before it, and with a last line too long to be one.
+        let mut f = Counting {
+            inner: io::Cursor::new([&b"ok\n"[..], &vec![b'x'; 32 << 20], b"\n"].concat()),
+            read: 0,
+        };
+        assert!(matches!(tail(&mut f).unwrap(), End::LastLineTooLong));
+        assert!(f.read <= 2 * (MAX_LINE as u64 + (64 << 10)), "{}", f.read);
+    }
+
+    #[test]
+    fn tail_allows_a_torn_part_and_a_last_line_up_to_the_cap() {
+        let at_cap = vec![b'x'; MAX_LINE];
+        let over = vec![b'x'; MAX_LINE + 1];
+        let End::Tail(t) = tail_of(&[&b"a\n"[..], &at_cap].concat()) else {
+            panic!("a torn part of MAX_LINE bytes is a torn write");
+        };
+        assert_eq!((t.complete_len, t.torn), (2, MAX_LINE as u64));
+        assert!(matches!(
+            tail_of(&[&b"a\n"[..], &over].concat()),
+            End::TornTooLong
+        ));
+        assert!(matches!(tail_of(&over), End::TornTooLong));
+        let End::Tail(t) = tail_of(&[&b"a\n"[..], &at_cap, b"\nzz"].concat()) else {
+            panic!("a last line of MAX_LINE bytes is a line");
+        };
+        assert_eq!(t.last_line.map(|l| l.len()), Some(MAX_LINE));
+        assert!(matches!(
+            tail_of(&[&b"a\n"[..], &over, b"\nzz"].concat()),
+            End::LastLineTooLong
+        ));
+        assert!(matches!(
+            tail_of(&[&over[..], b"\n"].concat()),
+            End::LastLineTooLong
+        ));
+    }
+
+    #[test]
+    fn next_line_skips_a_line_over_the_cap_without_holding_it_and_reads_on() {
+        let over = vec![b'x'; 3 * MAX_LINE];
+        let input = [&over[..], b"\nok\n", &over].concat();
+        let mut r = BufReader::with_capacity(64 << 10, &input[..]);
+        let mut buf = Vec::new();
+        assert_eq!(
+            next_line(&mut r, &mut buf).unwrap(),
+            Next::TooLong { terminated: true }
+        );
+        assert!(buf.is_empty());
+        assert!(buf.capacity() <= 2 * MAX_LINE, "{}", buf.capacity());
+        assert_eq!(next_line(&mut r, &mut buf).unwrap(), Next::Line);
+        assert_eq!(buf, b"ok\n");
+        assert_eq!(
+            next_line(&mut r, &mut buf).unwrap(),
+            Next::TooLong { terminated: false }
+        );
+        assert_eq!(next_line(&mut r, &mut buf).unwrap(), Next::End);
+        // A stream with no newline at all (what a small .gz can inflate to).
+        let mut r = BufReader::new(io::repeat(b'x').take(64 << 20));
+        let mut buf = Vec::new();
+        assert_eq!(
+            next_line(&mut r, &mut buf).unwrap(),
+            Next::TooLong { terminated: false }
+        );
+        assert!(buf.capacity() <= 2 * MAX_LINE, "{}", buf.capacity());
+        // At the cap is still a line.
+        let input = [&vec![b'y'; MAX_LINE][..], b"\n"].concat();
+        let mut r = BufReader::new(&input[..]);
+        assert_eq!(next_line(&mut r, &mut buf).unwrap(), Next::Line);
+        assert_eq!(buf.len(), MAX_LINE + 1);
+    }
+
+    #[test]
+    fn last_line_of_a_gz_file_refuses_an_over_long_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Timestamp::from_second(1_790_000_000).unwrap();
+        let over = vec![b'x'; MAX_LINE + 1];
+        for (i, (content, want)) in [
+            ([&b"a\n"[..], &over, b"\n"].concat(), None),
+            ([&over[..], b"\nb\n"].concat(), Some(&b"b"[..])),
+            ([&b"a\n"[..], &over].concat(), Some(&b"a"[..])),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let n = name(t, i as u64);
+            fs::write(dir.path().join(&n), &content).unwrap();
+            let gz = compress(dir.path(), &parse_name(&n).unwrap()).unwrap();
+            match (last_line(dir.path(), &gz), want) {
+                (Err(Error::Corrupt { file }), None) => assert_eq!(file, gz.name),
+                (Ok(Some(line)), Some(want)) => assert_eq!(line, want),
+                (got, _) => panic!("case {i}: {got:?}"),
+            }
+        }
     }
 
     #[test]

@@ -52,7 +52,10 @@
 //! 4. **Crash-safe, never silently.** A crash can leave a torn last line (a partial write).
 //!    On open it is truncated away and the next entry carries a `recovered` note (file and
 //!    byte count); the chain continues from the last complete line. Complete lines are never
-//!    removed or rewritten by the writer.
+//!    removed or rewritten by the writer. A torn line is a prefix of one line, so more than
+//!    1 MiB after the last newline is not a torn write but damage: the writer then leaves the
+//!    file as it is (it is evidence) and refuses to start, as it does for a corrupt last line.
+//!    Readers never hold more than 1 MiB of one line: a longer one is reported as malformed.
 //! 5. **Closed files are immutable.** Only the active file is appended to. Compression writes
 //!    a `.gz` copy, checks it decompresses to the same bytes, renames it into place, then
 //!    removes the plain file; the chain is verified over the decompressed bytes.
@@ -86,6 +89,8 @@ mod export;
 mod files;
 mod keys;
 mod recorder;
+#[cfg(test)]
+mod testutil;
 mod verify;
 mod writer;
 
@@ -105,7 +110,7 @@ pub use entry::{
 pub use export::{Export, export};
 pub use keys::{PATIENT_KEY_FILE, PUBLIC_KEY_FILE, PublicKey, SIGNING_KEY_FILE};
 pub use recorder::{Event, Recorder};
-pub use verify::{Finding, FindingKind, Loc, Report, verify};
+pub use verify::{Finding, FindingKind, Loc, MAX_FINDINGS, MAX_FINDINGS_PER_FILE, Report, verify};
 pub use writer::{Appended, Clock, Counters, MAX_GROUP, Maintenance, Trail, system_clock};
 
 /// Exit status of the CLI helpers: the trail is intact / the export completed.
@@ -150,6 +155,16 @@ pub enum Error {
     /// be continued (this is not a torn write: run `caregate audit verify`).
     #[error("{file}: last complete line is not a valid audit line (run `caregate audit verify`)")]
     Corrupt {
+        /// File name.
+        file: String,
+    },
+    /// The newest file ends with more than 1 MiB after its last newline (or without any
+    /// newline): no crash tears that much of one line, so this is damage, not a torn write.
+    /// The file is left as it is, for inspection, and the writer does not start.
+    #[error(
+        "{file}: more than 1 MiB after the last newline is not a torn write; the file was left as is (run `caregate audit verify`)"
+    )]
+    Damaged {
         /// File name.
         file: String,
     },

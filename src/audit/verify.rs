@@ -14,15 +14,26 @@
 //! there is still found by the chain, except in the very last line; [`Report::notes`] says how
 //! many lines are unsigned. Deleting the newest lines, or the newest file entirely, cannot be
 //! told from a trail that simply ended there: that needs checkpoints kept elsewhere.
+//!
+//! The files may be damaged or forged, so reading them is bounded: a line longer than 1 MiB is
+//! reported, not held; at most [`MAX_FINDINGS_PER_FILE`] findings per file and
+//! [`MAX_FINDINGS`] in all are listed, the rest only counted ([`Report::problems_unlisted`]);
+//! and a seq that would overflow is a finding, not a wrap to 0.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
 use super::Error;
 use super::entry::{CheckpointReason, GENESIS, Hash, Line, LineError};
-use super::files;
+use super::files::{self, Next};
 use super::keys::PublicKey;
 use crate::audit::entry::Checkpoint;
+
+/// Most problems (and, separately, notes) listed for one file; the rest are counted.
+pub const MAX_FINDINGS_PER_FILE: usize = 1000;
+/// Most problems (and, separately, notes) listed in all; the rest are counted.
+pub const MAX_FINDINGS: usize = 10_000;
 
 /// A position: file name and 1-based line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +73,9 @@ pub enum FindingKind {
     Malformed(LineError),
     /// A line without its newline that is not the trail's last.
     Unterminated,
+    /// The line has seq `u64::MAX`, which no line can follow: the writer never writes it, so
+    /// the line was forged or damaged.
+    SeqOverflow,
     /// `seq` is not the one expected: lines removed, reordered or inserted.
     SeqGap {
         /// The seq that should have come.
@@ -128,6 +142,11 @@ impl fmt::Display for Finding {
             FindingKind::Unreadable(e) => write!(f, "unreadable: {e}"),
             FindingKind::Malformed(e) => write!(f, "{e}"),
             FindingKind::Unterminated => write!(f, "line has no newline but is not the last"),
+            FindingKind::SeqOverflow => write!(
+                f,
+                "seq {} can have no successor and is never written (forged or damaged)",
+                u64::MAX
+            ),
             FindingKind::SeqGap { expected, found } => write!(
                 f,
                 "expected seq {expected}, found {found} (lines removed, reordered or inserted)"
@@ -196,26 +215,53 @@ pub struct Report {
     pub last_seq: Option<u64>,
     /// Seq of the last checkpoint whose signature verified.
     pub signed_through: Option<u64>,
-    /// Evidence of change or loss.
+    /// Evidence of change or loss (at most [`MAX_FINDINGS_PER_FILE`] per file and
+    /// [`MAX_FINDINGS`] in all).
     pub problems: Vec<Finding>,
-    /// Worth knowing, not a problem.
+    /// Problems found beyond those limits, counted but not listed.
+    pub problems_unlisted: u64,
+    /// Worth knowing, not a problem (limited like `problems`).
     pub notes: Vec<Finding>,
+    /// Notes beyond the limits, counted but not listed.
+    pub notes_unlisted: u64,
 }
 
 impl Report {
     /// No problems.
     pub fn is_intact(&self) -> bool {
-        self.problems.is_empty()
+        self.problems.is_empty() && self.problems_unlisted == 0
+    }
+
+    /// Problems found, listed or not.
+    pub fn problem_count(&self) -> u64 {
+        self.problems.len() as u64 + self.problems_unlisted
     }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let limits = format!(
+            "at most {MAX_FINDINGS_PER_FILE} per file and {MAX_FINDINGS} in all are listed"
+        );
         for p in &self.problems {
             writeln!(f, "problem: {p}")?;
         }
+        if self.problems_unlisted > 0 {
+            writeln!(
+                f,
+                "problem: {} more problem(s) not listed ({limits})",
+                self.problems_unlisted
+            )?;
+        }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
+        }
+        if self.notes_unlisted > 0 {
+            writeln!(
+                f,
+                "note: {} more note(s) not listed ({limits})",
+                self.notes_unlisted
+            )?;
         }
         let seqs = match (self.first_seq, self.last_seq) {
             (Some(a), Some(b)) => format!("seq {a}..={b}"),
@@ -236,7 +282,7 @@ impl fmt::Display for Report {
             self.lines,
             self.entries,
             self.checkpoints,
-            self.problems.len()
+            self.problem_count()
         )
     }
 }
@@ -244,7 +290,8 @@ impl fmt::Display for Report {
 /// The last line seen, for the link check of the next.
 struct Prev {
     loc: Loc,
-    hash: Hash,
+    /// `None` for a line too long to be hashed (it is flagged).
+    hash: Option<Hash>,
     /// A problem was already reported for it: a broken link to it is not reported again.
     flagged: bool,
 }
@@ -260,6 +307,11 @@ struct Verifier<'k> {
     key: &'k PublicKey,
     key_id: String,
     report: Report,
+    /// Problems found, listed or not: tells whether a line got one.
+    found: u64,
+    /// Problems and notes listed per file name, for [`MAX_FINDINGS_PER_FILE`].
+    listed_problems: HashMap<String, usize>,
+    listed_notes: HashMap<String, usize>,
     expected: Option<u64>,
     /// After a wrong seq, the seq that would mean "only that one line was wrong".
     alt: Option<u64>,
@@ -282,6 +334,9 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report, Error> {
         key,
         key_id: key.id(),
         report: Report::default(),
+        found: 0,
+        listed_problems: HashMap::new(),
+        listed_notes: HashMap::new(),
         expected: None,
         alt: None,
         prev: None,
@@ -293,10 +348,10 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report, Error> {
         last_signed: false,
     };
     for name in &listing.other {
-        v.note(Some(name.clone()), None, FindingKind::Foreign);
+        v.note(Some(name), None, FindingKind::Foreign);
     }
     for s in &listing.shadowed {
-        v.note(Some(s.name.clone()), None, FindingKind::Shadowed);
+        v.note(Some(&s.name), None, FindingKind::Shadowed);
     }
     if listing.files.is_empty() {
         v.problem(None, None, FindingKind::NoFiles);
@@ -310,16 +365,29 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report, Error> {
 }
 
 impl Verifier<'_> {
-    fn problem(&mut self, file: Option<String>, line: Option<u64>, kind: FindingKind) {
-        self.report.problems.push(Finding { file, line, kind });
+    fn problem(&mut self, file: Option<&str>, line: Option<u64>, kind: FindingKind) {
+        self.found += 1;
+        let listed = self.report.problems.len();
+        if room(&mut self.listed_problems, listed, file) {
+            let file = file.map(str::to_owned);
+            self.report.problems.push(Finding { file, line, kind });
+        } else {
+            self.report.problems_unlisted += 1;
+        }
     }
 
-    fn note(&mut self, file: Option<String>, line: Option<u64>, kind: FindingKind) {
-        self.report.notes.push(Finding { file, line, kind });
+    fn note(&mut self, file: Option<&str>, line: Option<u64>, kind: FindingKind) {
+        let listed = self.report.notes.len();
+        if room(&mut self.listed_notes, listed, file) {
+            let file = file.map(str::to_owned);
+            self.report.notes.push(Finding { file, line, kind });
+        } else {
+            self.report.notes_unlisted += 1;
+        }
     }
 
     fn at(&mut self, loc: &Loc, kind: FindingKind) {
-        self.problem(Some(loc.file.clone()), Some(loc.line), kind);
+        self.problem(Some(&loc.file), Some(loc.line), kind);
     }
 
     fn file(&mut self, dir: &Path, f: &files::TrailFile, newest: bool) {
@@ -328,11 +396,7 @@ impl Verifier<'_> {
         let mut reader = match files::open(dir, f) {
             Ok(r) => r,
             Err(e) => {
-                self.problem(
-                    Some(f.name.clone()),
-                    None,
-                    FindingKind::Unreadable(e.to_string()),
-                );
+                self.problem(Some(&f.name), None, FindingKind::Unreadable(e.to_string()));
                 self.lost_track();
                 return;
             }
@@ -340,34 +404,37 @@ impl Verifier<'_> {
         let mut buf = Vec::new();
         let mut line_no = 0u64;
         loop {
-            match files::next_line(&mut *reader, &mut buf) {
-                Ok(true) => {}
-                Ok(false) => break,
+            let next = match files::next_line(&mut *reader, &mut buf) {
+                Ok(Next::End) => break,
+                Ok(next) => next,
                 Err(e) => {
                     self.problem(
-                        Some(f.name.clone()),
+                        Some(&f.name),
                         Some(line_no + 1),
                         FindingKind::Unreadable(e.to_string()),
                     );
                     self.lost_track();
                     return;
                 }
-            }
+            };
             line_no += 1;
             let loc = Loc {
                 file: f.name.clone(),
                 line: line_no,
             };
+            if let Next::TooLong { .. } = next {
+                // Not kept, so not hashed: reported as malformed (also when it is the newest
+                // file's unterminated last line: no torn write is that long).
+                self.report.lines += 1;
+                self.unparsable(&loc, LineError::TooLong, None);
+                continue;
+            }
             if buf.last() == Some(&b'\n') {
                 buf.pop();
             } else if !newest {
                 self.at(&loc, FindingKind::Unterminated);
             } else {
-                self.note(
-                    Some(f.name.clone()),
-                    Some(line_no),
-                    FindingKind::UnterminatedTail,
-                );
+                self.note(Some(&f.name), Some(line_no), FindingKind::UnterminatedTail);
                 // A prefix of a line (being written, or torn by a crash) is not checked; a
                 // complete line without its newline, or one followed by junk, is.
                 if Line::parse(&buf) == Err(LineError::Truncated) {
@@ -389,7 +456,7 @@ impl Verifier<'_> {
         }
         if !newest {
             if line_no == 0 {
-                self.problem(Some(f.name.clone()), None, FindingKind::EmptyFile);
+                self.problem(Some(&f.name), None, FindingKind::EmptyFile);
             } else if !self.closed_by_rotate {
                 let loc = Loc {
                     file: f.name.clone(),
@@ -428,23 +495,12 @@ impl Verifier<'_> {
         let parsed = match Line::parse(bytes) {
             Ok(l) => l,
             Err(e) => {
-                self.resolve_pending(None);
-                self.at(loc, FindingKind::Malformed(e));
-                self.expected = None;
-                self.alt = None;
-                self.closed_by_rotate = false;
-                self.last_signed = false;
-                self.since_checkpoint += 1;
-                self.prev = Some(Prev {
-                    loc: loc.clone(),
-                    hash,
-                    flagged: true,
-                });
+                self.unparsable(loc, e, Some(hash));
                 return None;
             }
         };
         let seq = parsed.seq();
-        let problems_before = self.report.problems.len();
+        let problems_before = self.found;
 
         // Sequence.
         let mut seq_ok = true;
@@ -458,16 +514,24 @@ impl Verifier<'_> {
                     },
                 );
                 seq_ok = false;
-                self.alt = Some(e + 1);
+                self.alt = e.checked_add(1);
             }
             _ => self.alt = None,
         }
-        self.expected = Some(seq + 1);
+        self.expected = seq.checked_add(1);
+        if self.expected.is_none() {
+            // The next line's seq cannot be checked (as after a malformed line).
+            self.at(loc, FindingKind::SeqOverflow);
+        }
         self.report.first_seq.get_or_insert(seq);
         self.report.last_seq = Some(seq);
 
         // Chain link to the line before.
-        let link_failed = self.prev.as_ref().map(|p| p.hash != parsed.prev());
+        let link_failed = self
+            .prev
+            .as_ref()
+            .and_then(|p| p.hash)
+            .map(|h| h != parsed.prev());
         if self.pending.is_some() {
             let known = if seq_ok { link_failed } else { None };
             self.resolve_pending(known);
@@ -536,10 +600,27 @@ impl Verifier<'_> {
         }
         self.prev = Some(Prev {
             loc: loc.clone(),
-            hash,
-            flagged: self.report.problems.len() > problems_before,
+            hash: Some(hash),
+            flagged: self.found > problems_before,
         });
         Some(seq)
+    }
+
+    /// A line that is not a valid audit line: reported; nothing is known about the seq or
+    /// prev of the next, and a broken link from it is not reported again.
+    fn unparsable(&mut self, loc: &Loc, e: LineError, hash: Option<Hash>) {
+        self.resolve_pending(None);
+        self.at(loc, FindingKind::Malformed(e));
+        self.expected = None;
+        self.alt = None;
+        self.closed_by_rotate = false;
+        self.last_signed = false;
+        self.since_checkpoint += 1;
+        self.prev = Some(Prev {
+            loc: loc.clone(),
+            hash,
+            flagged: true,
+        });
     }
 
     fn finish(mut self) -> Report {
@@ -554,7 +635,7 @@ impl Verifier<'_> {
             match self
                 .retained
                 .iter()
-                .find(|(s, h)| s + 1 == first_seq && *h == prev)
+                .find(|(s, h)| s.checked_add(1) == Some(first_seq) && *h == prev)
             {
                 Some((through_seq, _)) => self.note(
                     None,
@@ -571,7 +652,7 @@ impl Verifier<'_> {
             self.note(None, None, FindingKind::UnsignedTail { lines });
         }
         // Report problems in trail order.
-        let order: Vec<String> = {
+        let order: HashMap<String, usize> = {
             let mut names: Vec<String> = self
                 .report
                 .problems
@@ -579,18 +660,181 @@ impl Verifier<'_> {
                 .filter_map(|p| p.file.clone())
                 .collect();
             names.sort_by_key(|n| files::parse_name(n).map_or(u64::MAX, |f| f.seq));
-            names.dedup();
-            names
+            let mut order = HashMap::new();
+            for (i, n) in names.into_iter().enumerate() {
+                order.entry(n).or_insert(i);
+            }
+            order
         };
         self.report.problems.sort_by_key(|p| {
             (
                 p.file
                     .as_ref()
-                    .and_then(|f| order.iter().position(|n| n == f))
+                    .and_then(|f| order.get(f).copied())
                     .unwrap_or(usize::MAX),
                 p.line.unwrap_or(0),
             )
         });
         self.report
+    }
+}
+
+/// Whether one more finding about `file` may be listed, `listed` being listed already; counts
+/// it against the file's limit if so.
+fn room(per_file: &mut HashMap<String, usize>, listed: usize, file: Option<&str>) -> bool {
+    if listed >= MAX_FINDINGS {
+        return false;
+    }
+    let Some(file) = file else {
+        return true;
+    };
+    match per_file.get_mut(file) {
+        Some(n) if *n >= MAX_FINDINGS_PER_FILE => false,
+        Some(n) => {
+            *n += 1;
+            true
+        }
+        None => {
+            per_file.insert(file.to_owned(), 1);
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::audit::entry::{GENESIS, Retention};
+    use crate::audit::keys::Keys;
+    use crate::audit::testutil::{entry_line, joined, write_file};
+
+    fn key(dir: &Path) -> PublicKey {
+        *Keys::load_or_create(&dir.join("keys"))
+            .unwrap()
+            .signing
+            .public()
+    }
+
+    fn kinds(r: &Report) -> Vec<(Option<u64>, FindingKind)> {
+        r.problems
+            .iter()
+            .map(|p| (p.line, p.kind.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_seq_that_would_overflow_is_a_finding_not_a_wrap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = key(tmp.path());
+
+        // A line with the largest seq: nothing can follow it.
+        let dir = tmp.path().join("max");
+        let l0 = entry_line(0, GENESIS, None);
+        let l1 = entry_line(u64::MAX, Hash::of(&l0), None);
+        write_file(&dir, 0, &joined(&[&l0, &l1]));
+        let r = verify(&dir, &key).unwrap();
+        assert!(
+            kinds(&r).contains(&(Some(2), FindingKind::SeqOverflow)),
+            "{r}"
+        );
+        assert_eq!(r.last_seq, Some(u64::MAX));
+
+        // A wrong seq right after u64::MAX - 1: "only that line was wrong" has no seq to expect.
+        let dir = tmp.path().join("alt");
+        let l0 = entry_line(u64::MAX - 1, Hash([1; 32]), None);
+        let l1 = entry_line(7, Hash::of(&l0), None);
+        write_file(&dir, u64::MAX - 1, &joined(&[&l0, &l1]));
+        let r = verify(&dir, &key).unwrap();
+        assert!(
+            kinds(&r).contains(&(
+                Some(2),
+                FindingKind::SeqGap {
+                    expected: u64::MAX,
+                    found: 7
+                }
+            )),
+            "{r}"
+        );
+
+        // A retention record claiming to cover through u64::MAX covers no head.
+        let dir = tmp.path().join("retained");
+        let l0 = entry_line(5, Hash([2; 32]), None);
+        let retention = Retention {
+            files: Vec::new(),
+            through_seq: u64::MAX,
+            through_hash: Hash([2; 32]),
+        };
+        let l1 = entry_line(6, Hash::of(&l0), Some(retention));
+        write_file(&dir, 5, &joined(&[&l0, &l1]));
+        let r = verify(&dir, &key).unwrap();
+        assert_eq!(
+            kinds(&r),
+            vec![(Some(1), FindingKind::HeadMissing { first_seq: 5 })],
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn findings_past_the_limits_are_counted_and_said_not_listed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = key(tmp.path());
+
+        // One file of empty lines: one problem each.
+        let dir = tmp.path().join("one");
+        write_file(&dir, 0, &vec![b'\n'; 200_000]);
+        let r = verify(&dir, &key).unwrap();
+        assert_eq!(r.lines, 200_000);
+        assert_eq!(r.problems.len(), MAX_FINDINGS_PER_FILE);
+        assert_eq!(r.problems_unlisted, 199_000);
+        assert_eq!(r.problem_count(), 200_000);
+        assert!(!r.is_intact());
+        let text = r.to_string();
+        assert!(
+            text.contains("problem: 199000 more problem(s) not listed"),
+            "{text}"
+        );
+        assert!(text.contains("200000 problem(s)"), "{text}");
+
+        // Eleven such files: the total limit applies across them.
+        let dir = tmp.path().join("many");
+        for i in 0..11 {
+            write_file(&dir, i * 10_000, &vec![b'\n'; 1001]);
+        }
+        let r = verify(&dir, &key).unwrap();
+        // 1001 malformed lines per file, and "not closed" for all but the newest.
+        let found = 11 * 1001 + 10;
+        assert_eq!(r.problems.len(), MAX_FINDINGS);
+        assert_eq!(r.problem_count(), found);
+        assert!(r.problems.iter().all(|p| p.file.is_some()));
+    }
+
+    #[test]
+    fn a_line_longer_than_the_cap_is_malformed_and_verify_reads_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = key(tmp.path());
+        let dir = tmp.path().join("trail");
+        let l0 = entry_line(0, GENESIS, None);
+        let long = vec![b'x'; 2 * files::MAX_LINE];
+        let l2 = entry_line(2, Hash([3; 32]), None);
+        // The newest file ends with megabytes and no newline: damage, not a torn write.
+        let mut bytes = joined(&[&l0, &long, &l2]);
+        bytes.extend_from_slice(&long);
+        write_file(&dir, 0, &bytes);
+        let r = verify(&dir, &key).unwrap();
+        assert_eq!((r.lines, r.entries), (4, 2));
+        assert_eq!(
+            kinds(&r),
+            vec![
+                (Some(2), FindingKind::Malformed(LineError::TooLong)),
+                (Some(4), FindingKind::Malformed(LineError::TooLong)),
+            ],
+            "{r}"
+        );
+        assert!(
+            !r.notes
+                .iter()
+                .any(|n| n.kind == FindingKind::UnterminatedTail)
+        );
     }
 }

@@ -618,12 +618,18 @@ impl Writer {
     }
 
     fn push_line<T: serde::Serialize>(&mut self, line: &T) -> Result<(), Error> {
+        // A line with seq u64::MAX could have no successor (verify flags it); only a forged
+        // trail gets here, but it must not wrap to 0.
+        let next_seq = self
+            .next_seq
+            .checked_add(1)
+            .ok_or_else(|| Error::Write("audit seq numbers exhausted".to_owned()))?;
         let start = self.buf.len();
         serde_json::to_writer(&mut self.buf, line)
             .map_err(|e| Error::Write(format!("encoding an audit line: {e}")))?;
         self.prev = Hash::of(&self.buf[start..]);
         self.buf.push(b'\n');
-        self.next_seq += 1;
+        self.next_seq = next_seq;
         Ok(())
     }
 
@@ -705,7 +711,23 @@ fn read_state(dir: &Path) -> Result<State, Error> {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        let tail = files::tail(&mut file).map_err(|e| Error::io(&path, e))?;
+        let tail = match files::tail(&mut file).map_err(|e| Error::io(&path, e))? {
+            files::End::Tail(t) => t,
+            // Not a line the writer wrote: the same as any other corrupt last line.
+            files::End::LastLineTooLong => {
+                return Err(Error::Corrupt {
+                    file: f.name.clone(),
+                });
+            }
+            // Megabytes without a newline are not what a crash leaves: cutting them off (or
+            // deleting a file that has no newline at all) would destroy evidence. Refuse, as
+            // for a corrupt last line, and leave the file for `verify` and a human.
+            files::End::TornTooLong => {
+                return Err(Error::Damaged {
+                    file: f.name.clone(),
+                });
+            }
+        };
         if tail.torn > 0 {
             file.set_len(tail.complete_len)
                 .and_then(|()| file.sync_all())
@@ -752,5 +774,88 @@ fn after(f: &TrailFile, line: &[u8]) -> Result<(u64, Hash, bool), Error> {
         &parsed,
         Line::Checkpoint(c) if c.checkpoint.reason == CheckpointReason::Rotate
     );
-    Ok((parsed.seq() + 1, Hash::of(line), rotated))
+    // No line can follow seq u64::MAX (the writer never writes it): a forged or damaged line,
+    // refused like any other corrupt last line rather than continuing the chain from 0.
+    let next_seq = parsed.seq().checked_add(1).ok_or_else(|| Error::Corrupt {
+        file: f.name.clone(),
+    })?;
+    Ok((next_seq, Hash::of(line), rotated))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::audit::testutil::{entry_line, joined, write_file};
+
+    #[test]
+    fn a_last_line_with_the_largest_seq_is_refused_not_continued_from_zero() {
+        let tmp = tempfile::tempdir().unwrap();
+        let line = entry_line(u64::MAX, Hash([1; 32]), None);
+        let name = write_file(tmp.path(), u64::MAX, &joined(&[&line]));
+        match read_state(tmp.path()) {
+            Err(Error::Corrupt { file }) => assert_eq!(file, name),
+            Err(e) => panic!("{e}"),
+            Ok(s) => panic!("continued at seq {}", s.next_seq),
+        }
+    }
+
+    #[test]
+    fn the_writer_refuses_to_write_the_largest_seq() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config::new(tmp.path());
+        let line = entry_line(u64::MAX - 1, Hash([1; 32]), None);
+        let bytes = joined(&[&line]);
+        let name = write_file(&config.dir, u64::MAX - 1, &bytes);
+        let trail = Trail::open(&config).unwrap();
+        let rec = Record::new(
+            Tenant::System,
+            Actor::new(ActorKind::System, Id::new("test").unwrap()),
+            Action::Received,
+            Purpose::Compliance,
+        );
+        assert!(matches!(trail.append_blocking(rec), Err(Error::Write(_))));
+        assert_eq!(std::fs::read(config.dir.join(name)).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_newest_file_with_megabytes_and_no_newline_is_kept_and_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l0 = entry_line(0, GENESIS, None);
+        let l1 = entry_line(1, Hash::of(&l0), None);
+        write_file(tmp.path(), 0, &joined(&[&l0, &l1]));
+        let junk = vec![b'x'; 4 << 20];
+        for (seq, bytes) in [
+            // No newline at all: not a torn first line of a new file.
+            (2, junk.clone()),
+            // A valid line, then megabytes without a newline.
+            (
+                3,
+                [&joined(&[&entry_line(2, Hash::of(&l1), None)])[..], &junk].concat(),
+            ),
+        ] {
+            let name = write_file(tmp.path(), seq, &bytes);
+            match read_state(tmp.path()) {
+                Err(Error::Damaged { file }) => assert_eq!(file, name),
+                Err(e) => panic!("{e}"),
+                Ok(s) => panic!("continued at seq {}", s.next_seq),
+            }
+            assert_eq!(std::fs::read(tmp.path().join(&name)).unwrap(), bytes);
+            std::fs::remove_file(tmp.path().join(&name)).unwrap();
+        }
+        // A short torn tail is still cut, as before.
+        let l2 = entry_line(2, Hash::of(&l1), None);
+        let name = write_file(
+            tmp.path(),
+            2,
+            &[&joined(&[&l2])[..], b"{\"seq\":3"].concat(),
+        );
+        let s = read_state(tmp.path()).unwrap();
+        assert_eq!(s.next_seq, 3);
+        assert_eq!(s.recovered.len(), 1);
+        assert_eq!(
+            std::fs::read(tmp.path().join(name)).unwrap(),
+            joined(&[&l2])
+        );
+    }
 }
