@@ -762,8 +762,11 @@ pub struct VerifyAnswer {
     pub checkpoints: u64,
     /// Seq of the last checkpoint whose signature verified.
     pub signed_through: Option<u64>,
-    /// Problems found (file and line, no content).
+    /// Problems found (file and line, no content), at most `audit::MAX_FINDINGS`.
     pub problems: Vec<String>,
+    /// Problems found beyond those listed (a badly damaged trail).
+    #[serde(default)]
+    pub problems_unlisted: u64,
     /// The report as `caregate audit verify` prints it.
     pub report: String,
 }
@@ -791,6 +794,7 @@ async fn audit_verify(
         checkpoints: report.checkpoints,
         signed_through: report.signed_through,
         problems: report.problems.iter().map(ToString::to_string).collect(),
+        problems_unlisted: report.problems_unlisted,
         report: report.to_string(),
     }))
 }

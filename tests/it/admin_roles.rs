@@ -176,6 +176,7 @@ async fn every_endpoint_answers_as_the_role_table_says() {
     assert_eq!(st, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["intact"], true, "{body}");
+    assert_eq!(v["problems_unlisted"], 0, "{body}");
 
     // Replay and purge by the org-admin are recorded with the token's name as actor.
     let park = || async {
