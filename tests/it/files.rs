@@ -21,8 +21,9 @@ fn batch_file() -> Vec<u8> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_file_with_one_malformed_message_stores_the_good_ones_once_and_fails_the_file() {
+/// A data dir and an inbox watched by the file source `lab-files` of tenant `north` (every
+/// 100 ms, `*.hl7`), with `extra` added to the source; returns the dir, the inbox, the config.
+fn watched_folder(extra: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let dir = tempfile::tempdir().unwrap();
     let inbox = dir.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
@@ -41,10 +42,16 @@ kind = "file"
 dir = "{inbox}"
 pattern = "*.hl7"
 poll_interval = "100ms"
-"#,
+{extra}"#,
         data = dir.path().join("data").display(),
         inbox = inbox.display()
     );
+    (dir, inbox, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_file_with_one_malformed_message_stores_the_good_ones_once_and_fails_the_file() {
+    let (dir, inbox, text) = watched_folder("");
     std::fs::write(inbox.join("ignored.txt"), b"not matched").unwrap();
     let file = batch_file();
     std::fs::write(inbox.join("batch.hl7"), &file).unwrap();
@@ -219,28 +226,7 @@ async fn a_critical_result_in_a_dropped_file_takes_the_critical_lane_and_alerts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_over_max_file_is_refused_unread_and_kept_in_failed() {
-    let dir = tempfile::tempdir().unwrap();
-    let inbox = dir.path().join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    let text = format!(
-        r#"data_dir = "{data}"
-shutdown_timeout = "5s"
-[admin]
-listen = "127.0.0.1:0"
-[[tenant]]
-id = "north"
-[[source]]
-name = "lab-files"
-tenant = "north"
-kind = "file"
-dir = "{inbox}"
-pattern = "*.hl7"
-poll_interval = "100ms"
-max_file = "2KiB"
-"#,
-        data = dir.path().join("data").display(),
-        inbox = inbox.display()
-    );
+    let (dir, inbox, text) = watched_folder("max_file = \"2KiB\"\n");
     let small = crate::support::oru("S1");
     assert!(small.len() <= 2048, "fixture fits the limit");
     let mut big = Vec::new();
