@@ -402,13 +402,20 @@ pub fn xon_reference(ctx: &Context<'_>, r: Repetition<'_>) -> Option<Reference> 
     })
 }
 
-/// The unit part of a Quantity from OBX-6 (§5.4): UCUM when the sender says UCUM, when an MDC
-/// unit has a UCUM equivalent (§4.6), or when the string is a known UCUM unit / alias; else the
-/// unit text only (MDC codes without equivalent keep the MDC system).
-pub fn unit(r: Repetition<'_>) -> Quantity {
+/// The unit part of a Quantity from OBX-6 (§5.4):
+/// - the sender says UCUM: UCUM;
+/// - MDC: UCUM when the MDC unit has an equivalent (§4.6), else the MDC code;
+/// - no coding system (or the old ISO+/ANS+ unit tables, whose codes are unit strings): the
+///   string, with UCUM system and code when it is a known UCUM unit or alias;
+/// - any other coding system (a lab's table: `1^ML^METRIC`, `U12^mg/dL^99LAB`, `mg/dL^^L`):
+///   its code is an entry of that table, not a unit string, so it is never read as UCUM (`1`
+///   would be UCUM's dimensionless unit, `C` Celsius): unit = the text (else the code), system
+///   and code = the sender's, local systems scoped like any CWE (§5.12).
+pub fn unit(ctx: &Context<'_>, r: Repetition<'_>) -> Quantity {
     let code = text(r.component(1));
     let display = text(r.component(2));
-    let system = text_cow(r.component(3)).map(|s| s.to_ascii_uppercase());
+    let system_name = text(r.component(3));
+    let system = system_name.as_deref().map(str::to_ascii_uppercase);
     let mut q = Quantity::default();
     match (code, system.as_deref()) {
         (None, _) => {
@@ -433,13 +440,19 @@ pub fn unit(r: Repetition<'_>) -> Quantity {
                 }
             }
         }
-        (Some(c), _) => {
+        (Some(c), None | Some("ISO+" | "ANS+")) => {
             let ucum = codes::ucum_for(&c);
             q.unit = Some(c);
             if let Some(u) = ucum {
                 q.system = Some(codes::UCUM.to_owned());
                 q.code = Some(u.to_owned());
             }
+        }
+        (Some(c), Some(_)) => {
+            let (uri, _) = system_uri(ctx, system_name.as_deref());
+            q.unit = Some(display.unwrap_or_else(|| c.clone()));
+            q.system = Some(uri);
+            q.code = Some(c);
         }
     }
     q
@@ -570,30 +583,76 @@ mod tests {
 
     #[test]
     fn units_prefer_ucum_and_translate_mdc_and_aliases() {
-        let u = unit(field("mg/dL^milligram per deciliter^UCUM").repetition(1));
-        assert_eq!(
-            (u.unit.as_deref(), u.system.as_deref(), u.code.as_deref()),
-            (
-                Some("milligram per deciliter"),
-                Some(codes::UCUM),
-                Some("mg/dL")
-            )
-        );
-        let u = unit(field("262688^MDC_DIM_PERCENT^MDC").repetition(1));
-        assert_eq!(
-            (u.unit.as_deref(), u.code.as_deref()),
-            (Some("%"), Some("%"))
-        );
-        let u = unit(field("K/uL").repetition(1));
-        assert_eq!(
-            (u.unit.as_deref(), u.code.as_deref()),
-            (Some("K/uL"), Some("10*3/uL"))
-        );
-        let u = unit(field("furlongs").repetition(1));
-        assert_eq!(
-            (u.unit.as_deref(), u.system.as_deref()),
-            (Some("furlongs"), None)
-        );
+        ctx_with(|ctx| {
+            let parts = |s: &str| {
+                let u = unit(ctx, field(s).repetition(1));
+                (u.unit, u.system, u.code)
+            };
+            let owned = |u: &str, s: Option<&str>, c: Option<&str>| {
+                (
+                    Some(u.to_owned()),
+                    s.map(str::to_owned),
+                    c.map(str::to_owned),
+                )
+            };
+            assert_eq!(
+                parts("mg/dL^milligram per deciliter^UCUM"),
+                owned("milligram per deciliter", Some(codes::UCUM), Some("mg/dL"))
+            );
+            assert_eq!(
+                parts("262688^MDC_DIM_PERCENT^MDC"),
+                owned("%", Some(codes::UCUM), Some("%"))
+            );
+            assert_eq!(
+                parts("K/uL"),
+                owned("K/uL", Some(codes::UCUM), Some("10*3/uL"))
+            );
+            assert_eq!(
+                parts("mmol/L^^ISO+"),
+                owned("mmol/L", Some(codes::UCUM), Some("mmol/L"))
+            );
+            assert_eq!(parts("furlongs"), owned("furlongs", None, None));
+        });
+    }
+
+    #[test]
+    fn a_unit_from_a_senders_own_table_is_never_read_as_ucum() {
+        // `1` is UCUM's dimensionless unit and `C` Celsius: codes of another table are not.
+        ctx_with(|ctx| {
+            let parts = |s: &str| {
+                let u = unit(ctx, field(s).repetition(1));
+                (u.unit, u.system, u.code)
+            };
+            let local = |name: &str| Some(format!("urn:caregate:north:codes:{name}"));
+            assert_eq!(
+                parts("1^ML^METRIC"),
+                (Some("ML".to_owned()), local("METRIC"), Some("1".to_owned()))
+            );
+            assert_eq!(
+                parts("C^cups^99LAB"),
+                (
+                    Some("cups".to_owned()),
+                    local("99LAB"),
+                    Some("C".to_owned())
+                )
+            );
+            assert_eq!(
+                parts("U12^mg/dL^99LAB"),
+                (
+                    Some("mg/dL".to_owned()),
+                    local("99LAB"),
+                    Some("U12".to_owned())
+                )
+            );
+            assert_eq!(
+                parts("mg/dL^^L"),
+                (
+                    Some("mg/dL".to_owned()),
+                    local("L"),
+                    Some("mg/dL".to_owned())
+                )
+            );
+        });
     }
 
     #[test]

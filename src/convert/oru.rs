@@ -651,7 +651,7 @@ pub(crate) fn observation(
         codes::OBSERVATION_CATEGORY,
         category,
     )));
-    let unit = datatype::unit(obx.field(6).repetition(1));
+    let unit = datatype::unit(conv.ctx, obx.field(6).repetition(1));
     match value(conv, row, &unit) {
         ValueOut::None => {}
         ValueOut::Value(v) => obs.value = Some(v),
