@@ -933,6 +933,12 @@ fn conversion_of(config: &Config, t: &Tenant) -> anyhow::Result<pipeline::Conver
             None => jiff::tz::TimeZone::system(),
         })
     };
+    if t.timezone.is_none() {
+        // A time without offset whose MSH-7 has none either is then read in this machine's
+        // zone: right only if the box runs in the facility's zone.
+        tracing::warn!(tenant = %t.id, zone = %jiff::tz::TimeZone::system().iana_name().unwrap_or("unknown"),
+            "tenant sets no timezone: times without an offset are read in this machine's zone; set [[tenant]] timezone");
+    }
     let mut source_zones = HashMap::new();
     for s in config.sources.iter().filter(|s| s.tenant == t.id) {
         if s.timezone.is_some() {

@@ -377,6 +377,15 @@ pub fn to_bundle(ctx: &Context<'_>, message: &Message<'_>) -> Result<Conversion,
         message_type: message_type.clone(),
         ..Report::default()
     };
+    let sender_zone = message_zone(ctx.timezone, header.date_time);
+    let with_sender_zone;
+    let ctx = match &sender_zone {
+        Some(timezone) => {
+            with_sender_zone = Context { timezone, ..*ctx };
+            &with_sender_zone
+        }
+        None => ctx,
+    };
     let bundle = match (code.as_str(), event.as_str()) {
         ("ORU", "R01") => oru::convert(ctx, message, &header, &mut report)?,
         ("ADT", "A01" | "A04" | "A08") => adt::convert(ctx, message, &header, &mut report)?,
@@ -384,6 +393,20 @@ pub fn to_bundle(ctx: &Context<'_>, message: &Message<'_>) -> Result<Conversion,
     };
     report.observations_out = bundle.count("Observation");
     Ok(Conversion { bundle, report })
+}
+
+/// The zone a message's times without an offset are read in (§5.13): the offset of MSH-7 when
+/// it has one (rule 2: the sender's own statement) and the facility zone gives another offset
+/// at that time; `None` (keep the facility zone, which also knows DST on other dates) when
+/// MSH-7 has no offset or the zone agrees with it.
+fn message_zone(facility: &jiff::tz::TimeZone, msh7: &str) -> Option<jiff::tz::TimeZone> {
+    let dtm = time::parse(msh7.trim()).ok()?;
+    let sent = dtm.offset_minutes()?;
+    if dtm.zone_offset_minutes(facility) == sent {
+        return None;
+    }
+    let offset = jiff::tz::Offset::from_seconds(sent.checked_mul(60)?).ok()?;
+    Some(jiff::tz::TimeZone::fixed(offset))
 }
 
 /// Decodes (UTF-8, else ISO 8859-1), parses and converts one ASTM E1394 message (H … L), as
@@ -497,6 +520,56 @@ mod tests {
         let err = ctx_with(|ctx| convert_bytes(ctx, b"{\"resourceType\":\"Patient\"}"))
             .expect_err("not HL7");
         assert!(matches!(err, Error::Hl7(_)));
+    }
+
+    /// `effectiveDateTime` of every Observation of an ORU^R01 sent at `msh7` with OBX-14 values
+    /// `obx14`, converted in the test context (Europe/Berlin).
+    fn effective_times(msh7: &str, obx14: &[&str]) -> Vec<String> {
+        let mut raw = format!(
+            "MSH|^~\\&|LAB|HOSP|GW|HOSP|{msh7}||ORU^R01|T1|P|2.5\rPID|||MRN1^^^HOSP^MR\rOBR|1||F1|24331-1^Lipid^LN\r"
+        );
+        for (i, t) in obx14.iter().enumerate() {
+            raw.push_str(&format!(
+                "OBX|{}|NM|2345-7^Glucose^LN||90|mg/dL|||||F|||{t}\r",
+                i + 1
+            ));
+        }
+        let conv = ctx_with(|ctx| convert_bytes(ctx, raw.as_bytes())).expect("converts");
+        let v: serde_json::Value = serde_json::from_str(&conv.bundle.to_json()).expect("JSON");
+        v["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Observation")
+            .map(|e| {
+                e["resource"]["effectiveDateTime"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn times_without_an_offset_take_msh7s_offset_when_the_zone_disagrees() {
+        // §5.13 rule 2: the sender says -05:00; the facility zone (Berlin, +01:00) is not it.
+        assert_eq!(
+            effective_times(
+                "20240105103000-0500",
+                &["20240105102500", "20240105102600+0000"]
+            ),
+            ["2024-01-05T10:25:00-05:00", "2024-01-05T10:26:00+00:00"]
+        );
+        // MSH-7 agrees with the zone: the zone stays, and knows that July is +02:00.
+        assert_eq!(
+            effective_times("20240105103000+0100", &["20240105102500", "20240705102500"]),
+            ["2024-01-05T10:25:00+01:00", "2024-07-05T10:25:00+02:00"]
+        );
+        // No offset in MSH-7: the facility zone.
+        assert_eq!(
+            effective_times("20240105103000", &["20240105102500"]),
+            ["2024-01-05T10:25:00+01:00"]
+        );
     }
 
     #[test]

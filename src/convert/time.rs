@@ -237,6 +237,16 @@ impl Dtm<'_> {
         Ok(self.to_date_time(tz))
     }
 
+    /// The value's own offset in minutes, if it has one.
+    pub fn offset_minutes(&self) -> Option<i32> {
+        self.offset_minutes
+    }
+
+    /// The offset `tz` has at this local date-time, in minutes (the earlier one in a gap or fold).
+    pub fn zone_offset_minutes(&self, tz: &TimeZone) -> i32 {
+        self.zone_offset(tz).0
+    }
+
     fn zone_offset(&self, tz: &TimeZone) -> (i32, bool) {
         let Ok(dt) = DateTime::new(
             self.year,
