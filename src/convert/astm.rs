@@ -511,20 +511,16 @@ fn test_code(conv: &mut Conv<'_, '_>, r: &Record<'_>) -> Option<CodeableConcept>
 fn value(conv: &mut Conv<'_, '_>, r: &Record<'_>, unit: &Quantity) -> Option<Value> {
     conv.unused_parts(r, 4, &[1]);
     let raw = r.field(4).component(1).value()?;
-    let (comparator, number) = ["<=", ">=", "<", ">"]
-        .iter()
-        .find_map(|c| {
-            raw.strip_prefix(c)
-                .map(|rest| (Some((*c).to_owned()), rest))
-        })
-        .unwrap_or((None, raw.as_str()));
-    match Decimal::parse(number) {
-        Some(d) => {
-            let mut q = datatype::quantity(d, unit);
-            q.comparator = comparator;
-            Some(Value::Quantity(q))
+    match datatype::compared_quantity(&raw, unit) {
+        Some(q) => Some(Value::Quantity(q)),
+        None => {
+            // Text results (POS, NEG) are normal; a unit with them is not carried: say so.
+            if datatype::has_unit(unit) {
+                conv.report
+                    .warn(r.number(), "R-5", WarningKind::UnitNotCarried);
+            }
+            Some(Value::String(raw))
         }
-        None => Some(Value::String(raw)),
     }
 }
 
@@ -967,6 +963,30 @@ mod tests {
             .collect();
         assert!(warnings.contains(&(9, "R-7", WarningKind::UnknownTableCode)));
         assert!(warnings.contains(&(10, "R-9", WarningKind::UnknownTableCode)));
+        assert!(
+            !warnings.iter().any(|w| w.2 == WarningKind::UnitNotCarried),
+            "POS has no unit: {warnings:?}"
+        );
+    }
+
+    #[test]
+    fn a_unit_with_a_value_that_is_not_a_number_is_reported() {
+        // European analyzers write decimal commas: kept as text, and the unit's loss is said.
+        let c = convert(
+            "H|\\^&\rP|1|X1\rO|1|S1\r\
+             R|1|^^^GLU|5,6|mmol/L|3,9 to 6,1|N||F||||20240105102901\rL|1\r",
+        );
+        let obs = observations(&c);
+        assert_eq!(obs[0]["valueString"], "5,6");
+        assert!(
+            c.report
+                .warnings
+                .iter()
+                .any(|w| (w.segment, w.field.as_str(), w.kind)
+                    == (4, "R-5", WarningKind::UnitNotCarried)),
+            "{:?}",
+            c.report.warnings
+        );
     }
 
     #[test]

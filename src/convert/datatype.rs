@@ -458,6 +458,28 @@ pub fn unit(ctx: &Context<'_>, r: Repetition<'_>) -> Quantity {
     q
 }
 
+/// A number with an optional leading comparator (`<0.5`, `>=100`; labs send these in NM and
+/// ASTM R-4) → a Quantity with `comparator` and the unit parts of `unit`; `None` when the rest
+/// is not a plain decimal.
+pub fn compared_quantity(raw: &str, unit: &Quantity) -> Option<Quantity> {
+    let raw = raw.trim();
+    let (comparator, number) = ["<=", ">=", "<", ">"]
+        .iter()
+        .find_map(|c| {
+            raw.strip_prefix(c)
+                .map(|rest| (Some((*c).to_owned()), rest))
+        })
+        .unwrap_or((None, raw));
+    let mut q = quantity(Decimal::parse(number.trim_start())?, unit);
+    q.comparator = comparator;
+    Some(q)
+}
+
+/// Whether `unit` holds anything (text or code).
+pub fn has_unit(unit: &Quantity) -> bool {
+    unit.unit.is_some() || unit.code.is_some()
+}
+
 /// A Quantity with a value and the unit parts of `unit`.
 pub fn quantity(value: Decimal, unit: &Quantity) -> Quantity {
     Quantity {

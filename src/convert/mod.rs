@@ -146,6 +146,9 @@ pub enum WarningKind {
     UnexpectedRecord,
     /// ASTM: two results share a natural key; the later one's id also holds its record number.
     DuplicateNaturalKey,
+    /// A unit (OBX-6, ASTM R-5) came with a value that is not a quantity (text, a code, a
+    /// number that does not parse): the value is kept, the unit is not in the resource.
+    UnitNotCarried,
 }
 
 impl WarningKind {
@@ -168,6 +171,7 @@ impl WarningKind {
             WarningKind::TimeOffsetDropped => "time-offset-dropped",
             WarningKind::UnexpectedRecord => "unexpected-record",
             WarningKind::DuplicateNaturalKey => "duplicate-natural-key",
+            WarningKind::UnitNotCarried => "unit-not-carried",
         }
     }
 }
@@ -503,6 +507,9 @@ mod tests {
             W::RepetitionsDropped,
             W::InvalidEncapsulatedData,
             W::TimeOffsetDropped,
+            W::UnexpectedRecord,
+            W::DuplicateNaturalKey,
+            W::UnitNotCarried,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
@@ -570,6 +577,74 @@ mod tests {
             effective_times("20240105103000", &["20240105102500"]),
             ["2024-01-05T10:25:00+01:00"]
         );
+    }
+
+    /// The Observations (JSON) and the report of an ORU^R01 holding `obx` segments.
+    fn observations(obx: &[&str]) -> (Vec<serde_json::Value>, Report) {
+        let mut raw = "MSH|^~\\&|LAB|HOSP|GW|HOSP|20240105103000+0100||ORU^R01|T2|P|2.5\rPID|||MRN1^^^HOSP^MR\rOBR|1||F1|24331-1^Lipid^LN\r".to_owned();
+        for o in obx {
+            raw.push_str(o);
+            raw.push('\r');
+        }
+        let conv = ctx_with(|ctx| convert_bytes(ctx, raw.as_bytes())).expect("converts");
+        let v: serde_json::Value = serde_json::from_str(&conv.bundle.to_json()).expect("JSON");
+        let obs = v["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Observation")
+            .map(|e| e["resource"].clone())
+            .collect();
+        (obs, conv.report)
+    }
+
+    fn warned(report: &Report, field: &str, kind: WarningKind) -> bool {
+        report
+            .warnings
+            .iter()
+            .any(|w| w.field == field && w.kind == kind)
+    }
+
+    #[test]
+    fn a_compared_number_keeps_its_comparator_and_unit() {
+        let (obs, report) = observations(&[
+            "OBX|1|NM|1988-5^CRP^LN||<0.5|mg/L|0-5|N|||F",
+            "OBX|2|NM|2160-0^Creatinine^LN||>= 12.5|mg/dL|||||F",
+        ]);
+        let q = &obs[0]["valueQuantity"];
+        assert_eq!(
+            (q["comparator"].as_str(), q["value"].as_f64()),
+            (Some("<"), Some(0.5))
+        );
+        assert_eq!(q["unit"], "mg/L");
+        assert_eq!(obs[1]["valueQuantity"]["comparator"], ">=");
+        assert_eq!(obs[1]["valueQuantity"]["value"].as_f64(), Some(12.5));
+        assert!(
+            report.warnings.iter().all(|w| w.field == "OBR-25"),
+            "no value warning: {:?}",
+            report.warnings
+        );
+    }
+
+    #[test]
+    fn a_unit_the_value_cannot_carry_is_reported_not_dropped_silently() {
+        let (obs, report) = observations(&[
+            "OBX|1|ST|2160-0^Creatinine^LN||<0.20|mg/dL|0.57-1.00|L|||F",
+            "OBX|2|NM|2823-3^Potassium^LN||4,1|mmol/L|||||F",
+            "OBX|3|ST|5778-6^Color^LN||yellow||||||F",
+            "OBX|4|NM|2345-7^Glucose^LN||90|mg/dL|||||F",
+        ]);
+        assert_eq!(obs[0]["valueString"], "<0.20");
+        assert_eq!(obs[1]["valueString"], "4,1");
+        let unit_warnings: Vec<usize> = report
+            .warnings
+            .iter()
+            .filter(|w| w.kind == WarningKind::UnitNotCarried)
+            .map(|w| w.segment)
+            .collect();
+        assert_eq!(unit_warnings.len(), 2, "{:?}", report.warnings);
+        assert!(warned(&report, "OBX-6", WarningKind::UnitNotCarried));
+        assert!(warned(&report, "OBX-5", WarningKind::NotNumeric));
     }
 
     #[test]

@@ -652,7 +652,12 @@ pub(crate) fn observation(
         category,
     )));
     let unit = datatype::unit(conv.ctx, obx.field(6).repetition(1));
-    match value(conv, row, &unit) {
+    let value_out = value(conv, row, &unit);
+    if datatype::has_unit(&unit) && !carries_unit(&value_out) {
+        conv.report
+            .warn(row.index, "OBX-6", WarningKind::UnitNotCarried);
+    }
+    match value_out {
         ValueOut::None => {}
         ValueOut::Value(v) => obs.value = Some(v),
         ValueOut::Components(values) => {
@@ -805,6 +810,23 @@ pub(crate) fn device_entry(
     Some(conv.push_unique(entry))
 }
 
+/// Whether a value holds OBX-6's unit (Quantity, Range, Ratio, SampledData); an empty value
+/// loses nothing.
+fn carries_unit(v: &ValueOut) -> bool {
+    let carries = |v: &Value| {
+        matches!(
+            v,
+            Value::Quantity(_) | Value::Range(_) | Value::Ratio(_) | Value::SampledData(_)
+        )
+    };
+    match v {
+        ValueOut::None => true,
+        ValueOut::Value(v) => carries(v),
+        ValueOut::Components(vs) => vs.iter().all(carries),
+        ValueOut::Attachment(_) => false,
+    }
+}
+
 /// OBX-5 → value[x] by OBX-2 (§5.3).
 pub(crate) fn value(conv: &mut Conv<'_, '_>, row: &Row<'_>, unit: &Quantity) -> ValueOut {
     let obx = &row.seg;
@@ -882,8 +904,8 @@ fn single_value(
     Some(match kind {
         K::Numeric => {
             let raw = rep_text(r)?;
-            match Decimal::parse(&raw) {
-                Some(d) => Value::Quantity(datatype::quantity(d, unit)),
+            match datatype::compared_quantity(&raw, unit) {
+                Some(q) => Value::Quantity(q),
                 None => {
                     conv.report.warn(index, "OBX-5", WarningKind::NotNumeric);
                     Value::String(raw)
