@@ -664,6 +664,7 @@ pub(crate) fn observation(
             obs.component = values
                 .into_iter()
                 .map(|v| ObservationComponent {
+                    extension: Vec::new(),
                     code: code.clone(),
                     value: Some(v),
                     data_absent_reason: None,

@@ -93,7 +93,7 @@ pub(crate) fn convert_rows(
         }
     }
     // Pass 2: compound groups (≥ 2 members of one pressure in one channel).
-    let mut groups: BTreeMap<(Vec<u32>, &'static str), Vec<usize>> = BTreeMap::new();
+    let mut groups: BTreeMap<(Vec<u32>, &'static str, &str), Vec<usize>> = BTreeMap::new();
     for (i, row) in rows.iter().enumerate() {
         if is_hierarchy_row(row) {
             continue;
@@ -103,11 +103,14 @@ pub(crate) fn convert_rows(
                 .into_iter()
                 .take(3)
                 .collect();
-            groups.entry((prefix, compound)).or_default().push(i);
+            // Members of one reading share their channel and their time: two NIBP readings
+            // of one OBR without OBX-4 stay two Observations.
+            let at = row.seg.field(14).raw().trim();
+            groups.entry((prefix, compound, at)).or_default().push(i);
         }
     }
     let mut member_of: BTreeMap<usize, (&'static str, Vec<usize>)> = BTreeMap::new();
-    for ((_, compound), members) in groups {
+    for ((_, compound, _), members) in groups {
         if members.len() >= 2 {
             for &m in &members {
                 member_of.insert(m, (compound, members.clone()));
@@ -193,6 +196,11 @@ fn compound_observation(
     let (_, first_row, first) = built.first()?;
     let mut obs = first.clone();
     let first_row: &Row<'_> = first_row;
+    // The status of the reading is that of its members with a value: an invalid systolic
+    // (its component says why) does not cancel a valid diastolic and mean.
+    if let Some((_, _, valued)) = built.iter().find(|(_, _, m)| m.value.is_some()) {
+        obs.status.clone_from(&valued.status);
+    }
     obs.code = mdc_concept(compound);
     obs.value = None;
     obs.data_absent_reason = None;
@@ -203,6 +211,7 @@ fn compound_observation(
     obs.component = built
         .iter()
         .map(|(_, _, m)| ObservationComponent {
+            extension: m.extension.clone(),
             code: m.code.clone(),
             value: m.value.clone(),
             data_absent_reason: m.data_absent_reason.clone(),
@@ -220,6 +229,78 @@ fn compound_observation(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The compound blood-pressure Observations (code 150020) of a PCD-01 message with `obx`.
+    fn compounds(obx: &[&str]) -> Vec<serde_json::Value> {
+        let mut raw = "MSH|^~\\&|MON_GW^0009FBFFFF9B42B3^EUI-64|ICU|GATEWAY|HOSP|20240105103005+0100||ORU^R01^ORU_R01|M1|P|2.6|||AL|NE||UNICODE UTF-8|||IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO\rPID|||MRN123^^^HOSP^MR\rOBR|1||M1^MON_GW^0009FBFFFF9B42B3^EUI-64|182777000^monitoring of patient^SCT|||20240105103000+0100\r".to_owned();
+        for o in obx {
+            raw.push_str(o);
+            raw.push('\r');
+        }
+        let conv = crate::convert::testutil::ctx_with(|ctx| {
+            crate::convert::convert_bytes(ctx, raw.as_bytes())
+        })
+        .expect("converts");
+        let v: serde_json::Value = serde_json::from_str(&conv.bundle.to_json()).expect("JSON");
+        v["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["resource"].clone())
+            .filter(|r| {
+                r["resourceType"] == "Observation" && r["code"]["coding"][0]["code"] == "150020"
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_compound_reading_keeps_its_members_flags_and_valid_status() {
+        let bp = compounds(&[
+            "OBX|1|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC|1.3.1.1||266016^MDC_DIM_MMHG^MDC||INV|||X|||20240105102815+0100",
+            "OBX|2|NM|150022^MDC_PRESS_BLD_NONINV_DIA^MDC|1.3.1.2|79|266016^MDC_DIM_MMHG^MDC||QUES|||R|||20240105102815+0100",
+            "OBX|3|NM|150023^MDC_PRESS_BLD_NONINV_MEAN^MDC|1.3.1.3|93|266016^MDC_DIM_MMHG^MDC||N|||R|||20240105102815+0100",
+        ]);
+        assert_eq!(bp.len(), 1);
+        // An invalid systolic does not cancel the valid diastolic and mean.
+        assert_eq!(bp[0]["status"], "preliminary", "{}", bp[0]);
+        let c = &bp[0]["component"];
+        assert!(c[0].get("valueQuantity").is_none() && c[0].get("dataAbsentReason").is_some());
+        assert_eq!(c[1]["valueQuantity"]["value"].as_f64(), Some(79.0));
+        // The diastolic's QUES flag stays with its component.
+        let ext = c[1]["extension"].to_string();
+        assert!(
+            ext.contains("device-measurement-status") && ext.contains("QUES"),
+            "{}",
+            c[1]
+        );
+    }
+
+    #[test]
+    fn readings_without_sub_ids_at_different_times_stay_apart() {
+        let bp = compounds(&[
+            "OBX|1|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC||118|266016^MDC_DIM_MMHG^MDC|||||R|||20240105104315+0100",
+            "OBX|2|NM|150022^MDC_PRESS_BLD_NONINV_DIA^MDC||78|266016^MDC_DIM_MMHG^MDC|||||R|||20240105104315+0100",
+            "OBX|3|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC||119|266016^MDC_DIM_MMHG^MDC|||||R|||20240105105815+0100",
+            "OBX|4|NM|150022^MDC_PRESS_BLD_NONINV_DIA^MDC||77|266016^MDC_DIM_MMHG^MDC|||||R|||20240105105815+0100",
+        ]);
+        let shape: Vec<(String, usize, Option<f64>)> = bp
+            .iter()
+            .map(|o| {
+                (
+                    o["effectiveDateTime"].as_str().unwrap_or("").to_owned(),
+                    o["component"].as_array().map_or(0, Vec::len),
+                    o["component"][0]["valueQuantity"]["value"].as_f64(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("2024-01-05T10:43:15+01:00".to_owned(), 2, Some(118.0)),
+                ("2024-01-05T10:58:15+01:00".to_owned(), 2, Some(119.0)),
+            ]
+        );
+    }
 
     #[test]
     fn ordinals_parse_dotted_sub_ids() {

@@ -587,6 +587,9 @@ pub enum Value {
 #[derive(Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservationComponent {
+    /// Extensions of the member it came from (a device's measurement-status flags).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extension: Vec<Extension>,
     /// What the component is.
     pub code: CodeableConcept,
     /// Its value.
