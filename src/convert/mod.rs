@@ -648,6 +648,14 @@ mod tests {
     }
 
     #[test]
+    fn an_abnormal_flag_sent_as_text_only_is_kept_and_reported() {
+        let (obs, report) =
+            observations(&["OBX|1|NM|2345-7^Glucose^LN||190|mg/dL|70-99|^High|||F"]);
+        assert_eq!(obs[0]["interpretation"][0]["text"], "High", "{}", obs[0]);
+        assert!(warned(&report, "OBX-8", WarningKind::MissingRequired));
+    }
+
+    #[test]
     fn message_type_keeps_only_table_characters() {
         assert_eq!(message_type("OR U", "R01<x>"), "ORU^R01x");
     }

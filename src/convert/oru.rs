@@ -540,6 +540,12 @@ pub(crate) fn flags(conv: &mut Conv<'_, '_>, index: usize, obx: &Segment<'_>) ->
     let mut out = Flags::default();
     for rep in obx.field(8).repetitions() {
         let Some(code) = datatype::text_cow(rep.component(1)) else {
+            // A flag sent as text only (`^High`): kept as text, and said to be uncoded.
+            if let Some(cc) = datatype::codeable_concept(conv.ctx, rep) {
+                conv.report
+                    .warn(index, "OBX-8", WarningKind::MissingRequired);
+                out.interpretation.push(cc);
+            }
             continue;
         };
         let system = datatype::text_cow(rep.component(3));
