@@ -146,6 +146,8 @@ pub enum WarningKind {
     UnexpectedRecord,
     /// ASTM: two results share a natural key; the later one's id also holds its record number.
     DuplicateNaturalKey,
+    /// An hour-only time (`2024010509`) was written `09:00:00` (FHIR has no hour precision).
+    PrecisionPadded,
     /// A unit (OBX-6, ASTM R-5) came with a value that is not a quantity (text, a code, a
     /// number that does not parse): the value is kept, the unit is not in the resource.
     UnitNotCarried,
@@ -171,6 +173,7 @@ impl WarningKind {
             WarningKind::TimeOffsetDropped => "time-offset-dropped",
             WarningKind::UnexpectedRecord => "unexpected-record",
             WarningKind::DuplicateNaturalKey => "duplicate-natural-key",
+            WarningKind::PrecisionPadded => "precision-padded",
             WarningKind::UnitNotCarried => "unit-not-carried",
         }
     }
@@ -304,8 +307,13 @@ pub(crate) enum TimeOutcome {
     Invalid,
     /// A date where an instant is needed.
     Imprecise,
-    /// Converted (`ambiguous`: local time in a DST gap or fold).
-    Text { text: String, ambiguous: bool },
+    /// Converted (`ambiguous`: local time in a DST gap or fold; `padded`: an hour-only value
+    /// got `:00:00`, which FHIR cannot tell from a real minute and second).
+    Text {
+        text: String,
+        ambiguous: bool,
+        padded: bool,
+    },
 }
 
 impl TimeOutcome {
@@ -321,9 +329,16 @@ impl TimeOutcome {
                 report.warn(segment, field, WarningKind::ImpreciseInstant);
                 None
             }
-            TimeOutcome::Text { text, ambiguous } => {
+            TimeOutcome::Text {
+                text,
+                ambiguous,
+                padded,
+            } => {
                 if ambiguous {
                     report.warn(segment, field, WarningKind::AmbiguousLocalTime);
+                }
+                if padded {
+                    report.warn(segment, field, WarningKind::PrecisionPadded);
                 }
                 Some(text)
             }
@@ -345,6 +360,7 @@ pub(crate) fn time_outcome(ctx: &Context<'_>, raw: &str, kind: TimeKind) -> Time
             return TimeOutcome::Text {
                 text: dtm.to_date(),
                 ambiguous: false,
+                padded: false,
             };
         }
         TimeKind::DateTime => dtm.to_date_time(ctx.timezone),
@@ -356,6 +372,7 @@ pub(crate) fn time_outcome(ctx: &Context<'_>, raw: &str, kind: TimeKind) -> Time
     TimeOutcome::Text {
         text: converted.text,
         ambiguous: converted.ambiguous,
+        padded: dtm.precision() == time::Precision::Hour,
     }
 }
 
@@ -509,6 +526,7 @@ mod tests {
             W::TimeOffsetDropped,
             W::UnexpectedRecord,
             W::DuplicateNaturalKey,
+            W::PrecisionPadded,
             W::UnitNotCarried,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
@@ -653,6 +671,17 @@ mod tests {
             observations(&["OBX|1|NM|2345-7^Glucose^LN||190|mg/dL|70-99|^High|||F"]);
         assert_eq!(obs[0]["interpretation"][0]["text"], "High", "{}", obs[0]);
         assert!(warned(&report, "OBX-8", WarningKind::MissingRequired));
+    }
+
+    #[test]
+    fn an_hour_only_time_is_padded_and_reported() {
+        let (obs, report) =
+            observations(&["OBX|1|NM|2345-7^Glucose^LN||90|mg/dL|||||F|||2024010509"]);
+        assert_eq!(obs[0]["effectiveDateTime"], "2024-01-05T09:00:00+01:00");
+        assert!(warned(&report, "OBX-14", WarningKind::PrecisionPadded));
+        let (_, report) =
+            observations(&["OBX|1|NM|2345-7^Glucose^LN||90|mg/dL|||||F|||202401050930"]);
+        assert!(!warned(&report, "OBX-14", WarningKind::PrecisionPadded));
     }
 
     #[test]
