@@ -180,7 +180,8 @@ pub fn flag(code: &str) -> Flag {
         return Flag::V3(v);
     }
     if let Some(&v) = INTERPRETATION_V2_ONLY.iter().find(|&&k| k == upper) {
-        return Flag::V2(v);
+        // v2-0078 spells this one in lower case.
+        return Flag::V2(if v == "NULL" { "null" } else { v });
     }
     if let Some(&(_, s)) = DEVICE_STATUS.iter().find(|(k, _)| *k == upper) {
         return Flag::Device(s);
@@ -726,6 +727,12 @@ mod tests {
         assert_eq!(flag(">"), Flag::V3(">"));
         assert_eq!(flag("POS"), Flag::V3("POS"));
         assert_eq!(flag("QCF"), Flag::V2("QCF"));
+        assert_eq!(
+            flag("null"),
+            Flag::V2("null"),
+            "v2-0078 spells it in lower case"
+        );
+        assert_eq!(flag("NULL"), Flag::V2("null"));
         assert_eq!(flag("INV"), Flag::Device(DeviceStatus::Invalid));
         assert_eq!(flag("DEMO"), Flag::Device(DeviceStatus::TestOrDemo));
         assert_eq!(flag("ZZ"), Flag::Unknown);

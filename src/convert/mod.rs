@@ -685,6 +685,17 @@ mod tests {
     }
 
     #[test]
+    fn a_second_equipment_identifier_is_reported() {
+        let (_, report) = observations(&[
+            "OBX|1|NM|2345-7^Glucose^LN||90|mg/dL|||||F|||||||ANA1^^1.2.3^ISO~ANA2^^1.2.3^ISO",
+        ]);
+        assert!(warned(&report, "OBX-18", WarningKind::RepetitionsDropped));
+        let (_, report) =
+            observations(&["OBX|1|NM|2345-7^Glucose^LN||90|mg/dL|||||F|||||||ANA1^^1.2.3^ISO"]);
+        assert!(!warned(&report, "OBX-18", WarningKind::RepetitionsDropped));
+    }
+
+    #[test]
     fn message_type_keeps_only_table_characters() {
         assert_eq!(message_type("OR U", "R01<x>"), "ORU^R01x");
     }

@@ -746,6 +746,16 @@ pub(crate) fn observation(
             obs.device = Some(Reference::to(&device));
         }
     }
+    // Observation.device is 0..1: a second equipment instance identifier is reported.
+    if obx
+        .field(18)
+        .repetitions()
+        .skip(1)
+        .any(datatype::rep_has_text)
+    {
+        conv.report
+            .warn(row.index, "OBX-18", WarningKind::RepetitionsDropped);
+    }
     Some(obs)
 }
 
