@@ -152,6 +152,8 @@ answer() {
 consent='{"resourceType":"Consent","status":"active","meta":{"lastUpdated":"2026-11-24T05:00:00+02:00"},"patient":{"identifier":{"system":"urn:oid:1.2.3","value":"MRN-1"}},"provision":{"type":"deny"}}'
 answer '\xc8\x00\x00\x00\x10\x0e\x00\x00\x00\x00\x00\x00' '' "{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"link\":[{\"relation\":\"next\",\"url\":\"https://fhir.example/Consent?page=2\"}],\"entry\":[{\"resource\":$consent},{\"resource\":{\"resourceType\":\"Consent\",\"status\":\"draft\"}}]}"
 answer '\xf7\x01\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff' '120' '{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient"}]}'
+answer '\xc8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00' 'https://fhir.example.org/r4/Consent?page=2' '{}'
+answer '\xc8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00' 'https://fhir.example.org.evil.net/r4/Consent' '{}'
 answer '\xad\x01\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00' 'Wed, 21 Oct 2026 07:28:00 GMT' '{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"duplicate"}]}'
 # Real servers' Bundles as 200 bodies (the first 40 of the shared corpus's FHIR outputs).
 fhir=()

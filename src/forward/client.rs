@@ -278,6 +278,9 @@ impl Upstream {
     }
 }
 
+/// The URL type [`under_base`] works on (re-exported for the fuzz target).
+pub use reqwest::Url;
+
 /// The URL of `path` relative to `base` (`Consent?_count=100`), or an absolute link (a search's
 /// `next`) when it stays under `base`: same scheme, host and port, no user info, and a path
 /// under the base path at a segment boundary. A server's link is input: comparing text prefixes
@@ -285,14 +288,17 @@ impl Upstream {
 /// and send them the tenant's token.
 pub fn under_base(base: &reqwest::Url, path: &str) -> Option<reqwest::Url> {
     let base_path = base.path().trim_end_matches('/');
-    if !path.contains("://") {
+    let link = if path.contains("://") {
+        reqwest::Url::parse(path).ok()?
+    } else {
+        // Joined, then checked like a link: `..` segments are resolved by the URL parser and
+        // could climb out of the base path (found by the upstream_answer fuzz target).
         let mut joined = base.clone();
         let (p, query) = path.split_once('?').unwrap_or((path, ""));
         joined.set_path(&format!("{base_path}/{}", p.trim_start_matches('/')));
         joined.set_query((!query.is_empty()).then_some(query));
-        return Some(joined);
-    }
-    let link = reqwest::Url::parse(path).ok()?;
+        joined
+    };
     let same_origin = link.scheme() == base.scheme()
         && link.host_str() == base.host_str()
         && link.port_or_known_default() == base.port_or_known_default()
@@ -393,6 +399,12 @@ mod tests {
         ] {
             assert!(follow(ok).is_some(), "{ok} refused");
         }
+        assert_eq!(
+            follow("../other"),
+            None,
+            "a relative path climbing out of the base"
+        );
+        assert_eq!(follow("Consent/../../x"), None);
         for bad in [
             "https://fhir.example.org.evil.net/r4/Consent",
             "https://fhir.example.org@evil.net/r4/Consent",

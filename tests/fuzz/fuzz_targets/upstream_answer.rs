@@ -3,6 +3,9 @@
 //! the latest-wins merge, and the token's `expires_in`. Never panics; besides:
 //! - a server-requested delay never exceeds `MAX_RETRY_AFTER`; only a 2xx is `Delivered`;
 //! - a token is never kept past `MAX_TOKEN_LIFE`, whatever `expires_in` says;
+//! - a link is followed only on the base URL's scheme, host and port, without user info, at a
+//!   path under the base path (`forward::client::under_base`; the Retry-After text doubles as
+//!   the link);
 //! - a page has no more Consents than entries, each names a patient identifier, and the merge
 //!   keeps at most one decision per patient.
 //!
@@ -13,7 +16,7 @@
 use std::time::Instant;
 
 use caregate::consent_pull;
-use caregate::forward::client::{MAX_TOKEN_LIFE, token_good_until};
+use caregate::forward::client::{MAX_TOKEN_LIFE, Url, token_good_until, under_base};
 use caregate::forward::retry::{self, Answer, Disposition};
 use libfuzzer_sys::fuzz_target;
 
@@ -45,6 +48,23 @@ fuzz_target!(|data: &[u8]| {
         }
         Disposition::Delivered => assert!((200..300).contains(&status), "{status} delivered"),
         _ => {}
+    }
+
+    // A `next` link (the Retry-After text doubles as one): followed only under the base URL.
+    let link = String::from_utf8_lossy(header);
+    for base in ["https://fhir.example.org/r4", "https://fhir.example.org"] {
+        let base = Url::parse(base).expect("a fixed base");
+        if let Some(u) = under_base(&base, &link) {
+            assert_eq!(
+                (u.scheme(), u.host_str(), u.port_or_known_default()),
+                (base.scheme(), base.host_str(), base.port_or_known_default()),
+                "{link:?} left the base"
+            );
+            assert!(u.username().is_empty() && u.password().is_none(), "{link:?}");
+            let base_path = base.path().trim_end_matches('/');
+            let rest = u.path().strip_prefix(base_path).unwrap_or("x");
+            assert!(rest.is_empty() || rest.starts_with('/'), "{link:?} -> {u}");
+        }
     }
 
     let t0 = Instant::now();
