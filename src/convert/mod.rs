@@ -696,6 +696,22 @@ mod tests {
     }
 
     #[test]
+    fn a_number_of_hundreds_of_digits_stays_text_and_the_bundle_parses() {
+        // Found by fuzzing (convert_astm, 9.47 M executions): such a range bound or value made
+        // a Bundle that serde_json refuses ("number out of range").
+        let huge = "9".repeat(420);
+        let obx = format!("OBX|1|NM|2345-7^Glucose^LN||{huge}|mg/dL|1-{huge}|||F");
+        let (obs, report) = observations(&[obx.as_str()]);
+        assert_eq!(obs[0]["valueString"].as_str(), Some(huge.as_str()));
+        assert!(warned(&report, "OBX-5", WarningKind::NotNumeric));
+        assert!(obs[0]["referenceRange"][0].get("high").is_none());
+        assert_eq!(
+            obs[0]["referenceRange"][0]["text"].as_str(),
+            Some(format!("1-{huge}").as_str())
+        );
+    }
+
+    #[test]
     fn message_type_keeps_only_table_characters() {
         assert_eq!(message_type("OR U", "R01<x>"), "ORU^R01x");
     }

@@ -29,9 +29,16 @@ pub use bundle::{Bundle, BundleType, Entry, Method, Request};
 pub struct Decimal(String);
 
 impl Decimal {
+    /// Most digits a decimal may have (decimal128 holds 34 significant digits; found by the
+    /// convert_astm fuzz target: a 420-digit range bound made the Bundle unparseable).
+    pub const MAX_DIGITS: usize = 40;
+
     /// Parses an HL7 NM-style number (`-1.5`, `+3`, `.5`, `5.`, `007.20`) into JSON number
     /// syntax, keeping the fractional digits as written. `None` when it is not a plain decimal
-    /// (exponents, spaces inside, several points).
+    /// (exponents, spaces inside, several points) or has more than [`Decimal::MAX_DIGITS`]
+    /// digits (after leading zeros): no measurement has that many, and a JSON number of
+    /// hundreds of digits is one that common parsers refuse ("number out of range") or read as
+    /// infinity. Such a value is kept as text by the callers.
     pub fn parse(text: &str) -> Option<Decimal> {
         let t = text.trim();
         let (neg, rest) = match t.as_bytes().first() {
@@ -51,6 +58,9 @@ impl Decimal {
             return None;
         }
         let int = int.trim_start_matches('0');
+        if int.len() + frac.map_or(0, str::len) > Decimal::MAX_DIGITS {
+            return None;
+        }
         let mut out = String::with_capacity(t.len() + 2);
         let frac = frac.filter(|f| !f.is_empty());
         let is_zero = int.is_empty() && frac.is_none_or(|f| f.bytes().all(|b| b == b'0'));
@@ -907,6 +917,36 @@ mod tests {
         for input in ["", ".", "-", "1e5", "1.2.3", "abc", "1 2", "1,5", "--1"] {
             assert!(Decimal::parse(input).is_none(), "{input}");
         }
+    }
+
+    #[test]
+    fn decimal_refuses_more_digits_than_any_measurement_has() {
+        let at_limit = "9".repeat(Decimal::MAX_DIGITS);
+        let over = "9".repeat(Decimal::MAX_DIGITS + 1);
+        assert!(Decimal::parse(&at_limit).is_some());
+        assert!(
+            Decimal::parse(&format!("000{at_limit}")).is_some(),
+            "leading zeros are free"
+        );
+        assert!(Decimal::parse(&format!("0.{at_limit}")).is_some());
+        for too_long in [
+            over.clone(),
+            format!("0.{over}"),
+            format!("{}.{}", "1".repeat(20), "2".repeat(21)),
+        ] {
+            assert!(Decimal::parse(&too_long).is_none(), "{too_long}");
+        }
+        // Whatever parses is a JSON number serde_json reads back (420 digits did not).
+        let json = format!(
+            "[{}]",
+            Decimal::parse(&at_limit)
+                .map(|d| d.as_str().to_owned())
+                .unwrap_or_default()
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(&json).is_ok());
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&format!("[{}]", "9".repeat(420))).is_err()
+        );
     }
 
     #[test]
