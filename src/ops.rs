@@ -97,6 +97,10 @@ async fn call<T: serde::de::DeserializeOwned>(
     call_with(api, method, path, None::<&()>).await
 }
 
+/// Largest admin API answer the CLI reads (a dead-letter listing of many thousands is well
+/// under it).
+const MAX_ANSWER: usize = 64 << 20;
+
 async fn call_with<T: serde::de::DeserializeOwned>(
     api: &Api,
     method: reqwest::Method,
@@ -117,7 +121,14 @@ async fn call_with<T: serde::de::DeserializeOwned>(
         Err(e) => return Err(e).context(format!("calling {base}{path}")),
     };
     let status = resp.status();
-    let body = resp.bytes().await?;
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            bail!("the answer of {path} is larger than {MAX_ANSWER} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
     if !status.is_success() {
         let msg = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -284,4 +295,48 @@ pub async fn consent_set(
 /// `caregate consent list`.
 pub async fn consent_list(api: &Api, tenant: &str) -> anyhow::Result<Vec<crate::consent::Entry>> {
     call(api, reqwest::Method::GET, &format!("/consent/{tenant}")).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn an_answer_over_the_cap_is_an_error_not_read_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req).await;
+            let len = MAX_ANSWER + 1;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let chunk = vec![b' '; 1 << 20];
+            let mut sent = 0;
+            while sent < len {
+                let n = chunk.len().min(len - sent);
+                if s.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                sent += n;
+            }
+        });
+        let api = Api {
+            base: format!("http://{addr}"),
+            token: None,
+            http: reqwest::Client::new(),
+        };
+        let e = call::<serde_json::Value>(&api, reqwest::Method::GET, "/status")
+            .await
+            .expect_err("over the cap");
+        assert!(e.to_string().contains("larger than"), "{e}");
+    }
 }
