@@ -258,25 +258,20 @@ type Hooks = Vec<(Webhook, reqwest::Client)>;
 pub struct Webhooks(Hooks);
 
 impl Webhooks {
-    /// Builds the clients; fails when a `ca_file` does not load.
+    /// One HTTP client per webhook; fails when a `ca_file` does not load.
     pub fn build(config: &Config) -> anyhow::Result<Webhooks> {
-        clients(config).map(Webhooks)
+        let mut hooks = Vec::new();
+        for w in &config.webhooks {
+            let tls = crate::forward::client::tls_config(w.ca_file.as_deref(), None)?;
+            let http = reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .timeout(Duration::from_secs(10))
+                .no_proxy()
+                .build()?;
+            hooks.push((w.clone(), http));
+        }
+        Ok(Webhooks(hooks))
     }
-}
-
-/// One HTTP client per webhook.
-fn clients(config: &Config) -> anyhow::Result<Hooks> {
-    let mut hooks = Vec::new();
-    for w in &config.webhooks {
-        let tls = crate::forward::client::tls_config(w.ca_file.as_deref(), None)?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()?;
-        hooks.push((w.clone(), http));
-    }
-    Ok(hooks)
 }
 
 impl Alerter {
@@ -286,7 +281,7 @@ impl Alerter {
             .map(|h| h.trim().to_owned())
             .unwrap_or_default();
         Ok(Alerter {
-            hooks: std::sync::RwLock::new(Arc::new(clients(config)?)),
+            hooks: std::sync::RwLock::new(Arc::new(Webhooks::build(config)?.0)),
             metrics,
             host,
             audit: crate::audit::Recorder::disabled(),

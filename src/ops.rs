@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 
 use crate::admin::{DeadLetter, Done};
 use crate::config::Config;
+use crate::forward::client::Cut;
 use crate::status::Status;
 
 /// Where to reach the admin API of the daemon running `config`.
@@ -122,13 +123,13 @@ async fn call_with<T: serde::de::DeserializeOwned>(
     };
     let status = resp.status();
     let mut resp = resp;
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        if body.len() + chunk.len() > MAX_ANSWER {
-            bail!("the answer of {path} is larger than {MAX_ANSWER} bytes");
-        }
-        body.extend_from_slice(&chunk);
+    let read = crate::forward::client::read_body(&mut resp, MAX_ANSWER).await;
+    match read.cut {
+        None => {}
+        Some(Cut::TooLarge) => bail!("the answer of {path} is larger than {MAX_ANSWER} bytes"),
+        Some(Cut::Failed(e)) => return Err(e.into()),
     }
+    let body = read.bytes;
     if !status.is_success() {
         let msg = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()

@@ -157,7 +157,7 @@ pub const INTERPRETATION_SAME_CODE: &[&str] = &[
 ];
 
 /// Table 0078 codes with no v3 equivalent, kept in the v2-0078 system (§5.6, gateway).
-pub const INTERPRETATION_V2_ONLY: &[&str] = &["AC", "HM", "OBX", "QCF", "TOX", "NULL"];
+pub const INTERPRETATION_V2_ONLY: &[&str] = &["AC", "HM", "OBX", "QCF", "TOX", "null"];
 
 /// An OBX-8 flag, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,9 +179,12 @@ pub fn flag(code: &str) -> Flag {
     if let Some(&v) = INTERPRETATION_SAME_CODE.iter().find(|&&k| k == upper) {
         return Flag::V3(v);
     }
-    if let Some(&v) = INTERPRETATION_V2_ONLY.iter().find(|&&k| k == upper) {
-        // v2-0078 spells this one in lower case.
-        return Flag::V2(if v == "NULL" { "null" } else { v });
+    // Spelled as v2-0078 spells them (`null` in lower case), matched in any case.
+    if let Some(&v) = INTERPRETATION_V2_ONLY
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(c))
+    {
+        return Flag::V2(v);
     }
     if let Some(&(_, s)) = DEVICE_STATUS.iter().find(|(k, _)| *k == upper) {
         return Flag::Device(s);

@@ -603,13 +603,19 @@ mod tests {
         assert!(!unmapped);
     }
 
+    /// OBX-6 `raw` as (unit, system, code).
+    fn unit_parts(
+        ctx: &Context<'_>,
+        raw: &str,
+    ) -> (Option<String>, Option<String>, Option<String>) {
+        let u = unit(ctx, field(raw).repetition(1));
+        (u.unit, u.system, u.code)
+    }
+
     #[test]
     fn units_prefer_ucum_and_translate_mdc_and_aliases() {
         ctx_with(|ctx| {
-            let parts = |s: &str| {
-                let u = unit(ctx, field(s).repetition(1));
-                (u.unit, u.system, u.code)
-            };
+            let parts = |s: &str| unit_parts(ctx, s);
             let owned = |u: &str, s: Option<&str>, c: Option<&str>| {
                 (
                     Some(u.to_owned()),
@@ -641,10 +647,7 @@ mod tests {
     fn a_unit_from_a_senders_own_table_is_never_read_as_ucum() {
         // `1` is UCUM's dimensionless unit and `C` Celsius: codes of another table are not.
         ctx_with(|ctx| {
-            let parts = |s: &str| {
-                let u = unit(ctx, field(s).repetition(1));
-                (u.unit, u.system, u.code)
-            };
+            let parts = |s: &str| unit_parts(ctx, s);
             let local = |name: &str| Some(format!("urn:caregate:north:codes:{name}"));
             assert_eq!(
                 parts("1^ML^METRIC"),

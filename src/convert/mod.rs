@@ -550,28 +550,16 @@ mod tests {
     /// `effectiveDateTime` of every Observation of an ORU^R01 sent at `msh7` with OBX-14 values
     /// `obx14`, converted in the test context (Europe/Berlin).
     fn effective_times(msh7: &str, obx14: &[&str]) -> Vec<String> {
-        let mut raw = format!(
-            "MSH|^~\\&|LAB|HOSP|GW|HOSP|{msh7}||ORU^R01|T1|P|2.5\rPID|||MRN1^^^HOSP^MR\rOBR|1||F1|24331-1^Lipid^LN\r"
-        );
-        for (i, t) in obx14.iter().enumerate() {
-            raw.push_str(&format!(
-                "OBX|{}|NM|2345-7^Glucose^LN||90|mg/dL|||||F|||{t}\r",
-                i + 1
-            ));
-        }
-        let conv = ctx_with(|ctx| convert_bytes(ctx, raw.as_bytes())).expect("converts");
-        let v: serde_json::Value = serde_json::from_str(&conv.bundle.to_json()).expect("JSON");
-        v["entry"]
-            .as_array()
-            .expect("entries")
+        let obx: Vec<String> = obx14
             .iter()
-            .filter(|e| e["resource"]["resourceType"] == "Observation")
-            .map(|e| {
-                e["resource"]["effectiveDateTime"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned()
-            })
+            .enumerate()
+            .map(|(i, t)| format!("OBX|{}|NM|2345-7^Glucose^LN||90|mg/dL|||||F|||{t}", i + 1))
+            .collect();
+        let obx: Vec<&str> = obx.iter().map(String::as_str).collect();
+        observations_sent_at(msh7, &obx)
+            .0
+            .iter()
+            .map(|o| o["effectiveDateTime"].as_str().unwrap_or("").to_owned())
             .collect()
     }
 
@@ -599,7 +587,14 @@ mod tests {
 
     /// The Observations (JSON) and the report of an ORU^R01 holding `obx` segments.
     fn observations(obx: &[&str]) -> (Vec<serde_json::Value>, Report) {
-        let mut raw = "MSH|^~\\&|LAB|HOSP|GW|HOSP|20240105103000+0100||ORU^R01|T2|P|2.5\rPID|||MRN1^^^HOSP^MR\rOBR|1||F1|24331-1^Lipid^LN\r".to_owned();
+        observations_sent_at("20240105103000+0100", obx)
+    }
+
+    /// [`observations`] of a message whose MSH-7 is `msh7`.
+    fn observations_sent_at(msh7: &str, obx: &[&str]) -> (Vec<serde_json::Value>, Report) {
+        let mut raw = format!(
+            "MSH|^~\\&|LAB|HOSP|GW|HOSP|{msh7}||ORU^R01|T2|P|2.5\rPID|||MRN1^^^HOSP^MR\rOBR|1||F1|24331-1^Lipid^LN\r"
+        );
         for o in obx {
             raw.push_str(o);
             raw.push('\r');

@@ -328,27 +328,61 @@ const MAX_TOKEN_RESPONSE: usize = 64 << 10;
 
 /// Reads a whole body of at most `max` bytes; a larger one is an error, read no further.
 async fn read_limited(resp: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
-        if body.len() + chunk.len() > max {
-            return Err(format!("answer larger than {max} bytes"));
-        }
-        body.extend_from_slice(&chunk);
+    let body = read_body(resp, max).await;
+    match body.cut {
+        None => Ok(body.bytes),
+        Some(Cut::TooLarge) => Err(format!("answer larger than {max} bytes")),
+        Some(Cut::Failed(e)) => Err(describe(&e)),
     }
-    Ok(body)
 }
 
-async fn read_capped(resp: reqwest::Response, cap: usize) -> String {
-    let mut resp = resp;
-    let mut out = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = cap.saturating_sub(out.len());
-        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if out.len() >= cap {
-            break;
+/// At most `cap` bytes of a failure's answer, as text; what came before a read error counts.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> String {
+    String::from_utf8_lossy(&read_body(&mut resp, cap).await.bytes).into_owned()
+}
+
+/// A response body read up to a limit ([`read_body`]).
+pub struct Body {
+    /// The bytes read: all of them, or the first `max` when more came.
+    pub bytes: Vec<u8>,
+    /// Why reading stopped before the end, if it did.
+    pub cut: Option<Cut>,
+}
+
+/// Why [`read_body`] stopped early.
+pub enum Cut {
+    /// More than the limit came; nothing after it was read.
+    TooLarge,
+    /// The connection failed midway.
+    Failed(reqwest::Error),
+}
+
+/// Reads a body chunk by chunk, never holding more than `max` bytes: every answer from a peer
+/// (upstream, token endpoint, admin API for the CLI) goes through here.
+pub async fn read_body(resp: &mut reqwest::Response, max: usize) -> Body {
+    let mut bytes = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(None) => return Body { bytes, cut: None },
+            Ok(Some(chunk)) => {
+                let room = max.saturating_sub(bytes.len());
+                if chunk.len() > room {
+                    bytes.extend_from_slice(&chunk[..room]);
+                    return Body {
+                        bytes,
+                        cut: Some(Cut::TooLarge),
+                    };
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Err(e) => {
+                return Body {
+                    bytes,
+                    cut: Some(Cut::Failed(e)),
+                };
+            }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A transport error in one line, with its cause chain (no URL query strings, no bodies).
