@@ -67,6 +67,9 @@ pub struct Metrics {
     pub queue_bytes: Gauge,
     /// Messages delivered upstream, per tenant and source.
     pub forwarded: Family<Two, Counter>,
+    /// Critical results delivered a second time, at their arrival place, because older
+    /// messages of their source went after them (per tenant and source; not in `forwarded`).
+    pub resent_in_order: Family<Two, Counter>,
     /// Messages moved to dead letters, per tenant and source.
     pub dead_lettered: Family<Two, Counter>,
     /// Messages that could not be converted, per tenant and source.
@@ -137,6 +140,7 @@ impl Metrics {
             queue_messages: Gauge::default(),
             queue_bytes: Gauge::default(),
             forwarded: Family::default(),
+            resent_in_order: Family::default(),
             dead_lettered: Family::default(),
             conversion_failures: Family::default(),
             conversion_warnings: Family::default(),
@@ -227,6 +231,11 @@ impl Metrics {
             "messages_forwarded",
             "messages delivered to the tenant's upstream",
             m.forwarded.clone(),
+        );
+        registry.register(
+            "messages_resent_in_order",
+            "critical results delivered again at their arrival place, after older messages of their source that went after them",
+            m.resent_in_order.clone(),
         );
         registry.register(
             "messages_dead_lettered",

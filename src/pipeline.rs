@@ -5,8 +5,11 @@
 //!
 //! - **Order.** One worker per tenant, one request in flight per worker, and the queue leases a
 //!   source's envelopes only in id order and never past an envelope still leased: a later
-//!   message of a source never reaches the upstream before an earlier one (a dead-lettered
-//!   message is the one exception: it is set aside so the rest can flow).
+//!   message of a source never reaches the upstream before an earlier one, with two
+//!   exceptions: a dead-lettered message is set aside so the rest can flow, and a critical
+//!   result goes ahead of its tenant's backlog. Such a result is delivered once more at its
+//!   arrival place when older messages of its source went after it (`queue`, "Critical lane"),
+//!   so the server still ends as strict order would leave it.
 //! - **At least once, no duplicates.** An envelope is acked (deleted) only after a 2xx for the
 //!   request that carried it. A crash before the ack re-sends it; every entry is idempotent
 //!   (client-assigned ids with PUT, conditional create/update by identifier), so the server
@@ -32,7 +35,7 @@ use jiff::tz::TimeZone;
 
 use crate::alert::{self, Alert, Alerter, Outage};
 use crate::convert::{self, Context};
-use crate::envelope::{Envelope, Kind};
+use crate::envelope::{Envelope, Kind, Lane};
 use crate::fhir::bundle::Method;
 use crate::forward::breaker::{self, Breaker};
 use crate::forward::client::Upstream;
@@ -92,6 +95,8 @@ struct Prepared {
     control_id: String,
     /// `system|value` of the Patient the message is about (hashed in the audit trail).
     patient: Option<String>,
+    /// A critical result's second delivery at its arrival place ([`Lane::Resend`]).
+    resend: bool,
     entries: Vec<PreparedEntry>,
     bytes: usize,
 }
@@ -596,8 +601,13 @@ impl Worker {
             }
         }));
         let mut per_source: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut resent: BTreeMap<&str, u64> = BTreeMap::new();
         for p in items {
-            *per_source.entry(p.source.as_str()).or_default() += 1;
+            if p.resend {
+                *resent.entry(p.source.as_str()).or_default() += 1;
+            } else {
+                *per_source.entry(p.source.as_str()).or_default() += 1;
+            }
             self.audit.record(
                 crate::audit::Action::Forwarded,
                 crate::audit::ActorKind::System,
@@ -621,6 +631,13 @@ impl Worker {
                 .get_or_create(&[("tenant", tenant.clone()), ("source", source.to_owned())])
                 .inc_by(n);
             self.board.flow(&tenant, source, |f| f.forwarded += n);
+        }
+        for (source, n) in resent {
+            tracing::debug!(tenant = %tenant, source, messages = n, correlation_id = %corr, "critical results delivered again at their arrival place");
+            self.metrics
+                .resent_in_order
+                .get_or_create(&[("tenant", tenant.clone()), ("source", source.to_owned())])
+                .inc_by(n);
         }
         self.server_answered();
         self.backoff.reset();
@@ -880,6 +897,7 @@ fn prepare(c: &Conversion, env: Envelope) -> Prepare {
             message_type: env.meta.message_type,
             control_id: env.meta.control_id,
             patient,
+            resend: env.lane == Lane::Resend,
             entries,
             bytes,
         },
@@ -1003,6 +1021,7 @@ mod tests {
             message_type: "ORU^R01".into(),
             control_id: format!("C{id}"),
             patient: None,
+            resend: false,
             bytes: entries.iter().map(|e| e.json.len()).sum(),
             entries,
         }

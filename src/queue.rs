@@ -52,6 +52,19 @@
 //! - `meta` keeps `next_id`, `messages` and `bytes` in the same transactions as the data, so the
 //!   limits are known at open without a scan.
 //!
+//! # Critical lane
+//!
+//! A critical result is leased ahead of everything of its tenant, so it can reach the upstream
+//! before older messages of its own source. Where two messages write the same resource (an
+//! ASTM result and its correction share one natural-key Observation id; protocols.md §6.2),
+//! the older one, sent later, would leave the older version at the server: a corrected
+//! critical value overwritten by the result it corrects. So when a critical envelope is acked
+//! while its source still has an older envelope in the normal lane (ready, leased, or in the
+//! same request), it is not deleted: it moves to the normal lane at its own id as
+//! [`Lane::Resend`] and is delivered once more in arrival order. Every resource then ends as
+//! strict per-source order would leave it; the cost is one idempotent resend, only during a
+//! backlog.
+//!
 //! # Leases
 //!
 //! The consumer leases envelopes; leases live in memory only. A crash therefore returns every
@@ -134,6 +147,21 @@ pub enum Error {
 
 fn storage<E: std::fmt::Display>(e: E) -> Error {
     Error::Storage(e.to_string())
+}
+
+/// Whether `source` of `tenant` has a message older than `id` waiting in the normal lane (or
+/// leased from it: leases do not leave `ready`).
+fn older_in_normal_lane(
+    ready: &impl ReadableTable<(&'static str, u8, &'static str, u64), ()>,
+    tenant: &str,
+    source: &str,
+    id: u64,
+) -> Result<bool, Error> {
+    let slot = Lane::Normal.slot();
+    let mut older = ready
+        .range((tenant, slot, source, 0u64)..(tenant, slot, source, id))
+        .map_err(storage)?;
+    Ok(older.next().transpose().map_err(storage)?.is_some())
 }
 
 /// Validated `[queue]` settings.
@@ -626,7 +654,7 @@ impl Queue {
     /// between requests, so a critical result arriving behind a leased backlog goes next
     /// instead of after it. An unreadable queue answers `false` (the next lease reports it).
     pub fn critical_ready(&self, tenant: &str) -> bool {
-        let lane = Lane::Critical as u8;
+        let lane = Lane::Critical.slot();
         let check = || -> Result<bool, Error> {
             let db = self.inner.db();
             let txn = db.begin_read().map_err(storage)?;
@@ -1212,7 +1240,12 @@ impl Inner {
                                 .map_err(storage)?;
                             ready
                                 .insert(
-                                    (env.tenant.as_str(), env.lane as u8, env.source.as_str(), id),
+                                    (
+                                        env.tenant.as_str(),
+                                        env.lane.slot(),
+                                        env.source.as_str(),
+                                        id,
+                                    ),
                                     (),
                                 )
                                 .map_err(storage)?;
@@ -1284,24 +1317,50 @@ impl Inner {
                         replies.push(Pending::Reject(reply, Ok(id)));
                     }
                     Command::Ack { tenant, ids, reply } => {
+                        // Decided before anything is removed: an older message of the source
+                        // delivered in this same request also went after the critical one.
+                        let mut acked = Vec::with_capacity(ids.len());
                         for id in ids {
-                            let removed =
-                                envelopes.remove((tenant.as_str(), id)).map_err(storage)?;
-                            if let Some(v) = removed {
-                                if let Ok(env) = Envelope::decode(v.value()) {
-                                    ready
-                                        .remove((
-                                            tenant.as_str(),
-                                            env.lane as u8,
-                                            env.source.as_str(),
-                                            id,
-                                        ))
-                                        .map_err(storage)?;
-                                    totals.messages = totals.messages.saturating_sub(1);
-                                    totals.bytes =
-                                        totals.bytes.saturating_sub(env.payload.len() as u64);
+                            let env = envelopes
+                                .get((tenant.as_str(), id))
+                                .map_err(storage)?
+                                .and_then(|v| Envelope::decode(v.value()).ok());
+                            let resend = match &env {
+                                Some(e) if e.lane == Lane::Critical => {
+                                    older_in_normal_lane(&ready, &tenant, &e.source, id)?
                                 }
+                                _ => false,
+                            };
+                            acked.push((id, env, resend));
+                        }
+                        for (id, env, resend) in acked {
+                            let Some(mut env) = env else {
+                                envelopes.remove((tenant.as_str(), id)).map_err(storage)?;
+                                parked.remove((tenant.as_str(), id)).map_err(storage)?;
+                                continue;
+                            };
+                            ready
+                                .remove((tenant.as_str(), env.lane.slot(), env.source.as_str(), id))
+                                .map_err(storage)?;
+                            if resend {
+                                env.lane = Lane::Resend;
+                                buf.clear();
+                                env.encode(&mut buf);
+                                envelopes
+                                    .insert((tenant.as_str(), id), buf.as_slice())
+                                    .map_err(storage)?;
+                                ready
+                                    .insert(
+                                        (tenant.as_str(), env.lane.slot(), env.source.as_str(), id),
+                                        (),
+                                    )
+                                    .map_err(storage)?;
+                                readied = true;
+                                continue;
                             }
+                            envelopes.remove((tenant.as_str(), id)).map_err(storage)?;
+                            totals.messages = totals.messages.saturating_sub(1);
+                            totals.bytes = totals.bytes.saturating_sub(env.payload.len() as u64);
                             parked.remove((tenant.as_str(), id)).map_err(storage)?;
                         }
                         replies.push(Pending::Unit(reply, Ok(())));
@@ -1323,7 +1382,7 @@ impl Inner {
                                 ready
                                     .remove((
                                         tenant.as_str(),
-                                        env.lane as u8,
+                                        env.lane.slot(),
                                         env.source.as_str(),
                                         id,
                                     ))
@@ -1368,7 +1427,7 @@ impl Inner {
                             (true, Some(env)) => {
                                 ready
                                     .insert(
-                                        (tenant.as_str(), env.lane as u8, env.source.as_str(), id),
+                                        (tenant.as_str(), env.lane.slot(), env.source.as_str(), id),
                                         (),
                                     )
                                     .map_err(storage)?;
@@ -1673,6 +1732,100 @@ mod tests {
             .position(|x| *x == ("a".into(), "2".into()))
             .unwrap();
         assert!(a1 < a2, "per-source order kept");
+    }
+
+    /// Control ids of a lease, with their lanes.
+    fn leased(q: &Queue, max: usize) -> Vec<(String, Lane)> {
+        let out: Vec<(String, Lane)> = q
+            .lease("t", max)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.meta.control_id, e.lane))
+            .collect();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_critical_result_acked_ahead_of_older_messages_of_its_source_is_sent_again_in_order()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path());
+        let pushed = q
+            .push_all(vec![
+                item("t", "a", "old1", Lane::Normal),
+                item("t", "b", "other", Lane::Normal),
+                item("t", "a", "old2", Lane::Normal),
+                item("t", "a", "crit", Lane::Critical),
+                item("t", "a", "new", Lane::Normal),
+            ])
+            .await
+            .unwrap();
+        let crit = pushed[3].id;
+        // The critical one is leased first and delivered alone; old1 and old2 wait.
+        assert_eq!(leased(&q, 1), [("crit".to_owned(), Lane::Critical)]);
+        q.ack("t", vec![crit]).await.unwrap();
+        q.release(&[crit]);
+        let env = q
+            .get("t", crit)
+            .unwrap()
+            .expect("kept for its second delivery");
+        assert_eq!(env.lane, Lane::Resend);
+        assert_eq!(q.depth().0, 5, "nothing removed");
+        // It now sits at its arrival place: after old1 and old2, before new.
+        let order: Vec<(String, Lane)> = leased(&q, 10)
+            .into_iter()
+            .filter(|(c, _)| c != "other")
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("old1".to_owned(), Lane::Normal),
+                ("old2".to_owned(), Lane::Normal),
+                ("crit".to_owned(), Lane::Resend),
+                ("new".to_owned(), Lane::Normal),
+            ]
+        );
+        // The second ack deletes it like any message.
+        let all: Vec<u64> = pushed.iter().map(|p| p.id).collect();
+        q.ack("t", all.clone()).await.unwrap();
+        q.release(&all);
+        assert!(q.get("t", crit).unwrap().is_none());
+        assert_eq!(q.depth().0, 0);
+    }
+
+    #[tokio::test]
+    async fn a_critical_result_with_nothing_older_of_its_source_waiting_is_sent_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path());
+        let pushed = q
+            .push_all(vec![
+                item("t", "b", "other source", Lane::Normal),
+                item("t", "a", "crit", Lane::Critical),
+                item("t", "a", "newer", Lane::Normal),
+            ])
+            .await
+            .unwrap();
+        let crit = pushed[1].id;
+        assert_eq!(leased(&q, 1), [("crit".to_owned(), Lane::Critical)]);
+        q.ack("t", vec![crit]).await.unwrap();
+        q.release(&[crit]);
+        assert!(
+            q.get("t", crit).unwrap().is_none(),
+            "an older message of another source, or a newer one of its own, needs no resend"
+        );
+        // Older ones delivered in the same request as the critical one went after it there.
+        let pushed = q
+            .push_all(vec![
+                item("t", "c", "old", Lane::Normal),
+                item("t", "c", "crit2", Lane::Critical),
+            ])
+            .await
+            .unwrap();
+        let ids: Vec<u64> = pushed.iter().map(|p| p.id).collect();
+        q.ack("t", vec![ids[1], ids[0]]).await.unwrap();
+        q.release(&ids);
+        assert_eq!(q.get("t", ids[1]).unwrap().unwrap().lane, Lane::Resend);
+        assert!(q.get("t", ids[0]).unwrap().is_none());
     }
 
     #[tokio::test]

@@ -14,6 +14,8 @@ use crate::forward::{
 };
 use crate::support::fhir_server::{Fault, FhirServer, Options};
 use crate::support::{Gateway, pki};
+use caregate::envelope::{Kind, Lane};
+use caregate::queue::NewEnvelope;
 
 /// A potassium result flagged HH for `mrn` (synthetic).
 fn critical_potassium(control: &str, mrn: &str) -> Vec<u8> {
@@ -373,6 +375,105 @@ async fn consent_pulled_from_the_upstream_holds_and_releases() {
     assert!(
         !audit.contains("PULLMRN"),
         "the identifier is hashed in the trail"
+    );
+    g.stop().await;
+}
+
+/// An ASTM potassium result for specimen `SPEC-COR1`: status `status` (R-9), value and flag.
+/// Its correction carries the same analyzer, specimen, test and completion time, so both write
+/// one Observation (the natural key, protocols.md §6.2).
+fn astm_potassium(status: &str, value: &str, flag: &str) -> Vec<u8> {
+    format!(
+        "H|\\^&|||ANALYZER^7^1.0^SN-COR\rP|1||PAT-COR1\rO|1|SPEC-COR1||^^^K\r\
+         R|1|^^^2823-3|{value}|mmol/L|3.5-5.1|{flag}||{status}||||20240105101500\rL|1|N\r"
+    )
+    .into_bytes()
+}
+
+fn envelope(source: &str, kind: Kind, lane: Lane, control: &str, payload: Vec<u8>) -> NewEnvelope {
+    NewEnvelope {
+        tenant: "north".into(),
+        source: source.into(),
+        received_at_us: jiff::Timestamp::now().as_microsecond(),
+        peer: "127.0.0.1:1".into(),
+        kind,
+        lane,
+        meta: caregate::envelope::Meta {
+            control_id: control.into(),
+            message_type: if kind == Kind::Astm {
+                "ASTM^E1394"
+            } else {
+                "ORU^R01"
+            }
+            .into(),
+            version: String::new(),
+            sender: "LABSYS|MAINLAB".into(),
+        },
+        payload: payload.into(),
+    }
+}
+
+/// Stored together behind a backlog: a potassium result (normal), then its correction, which
+/// is critical (HH) and so goes first. The older result, delivered after it, writes the same
+/// Observation: the correction is delivered once more at its arrival place, so the server ends
+/// with the corrected critical value, as strict arrival order would leave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_correction_sent_ahead_is_not_overwritten_by_the_result_it_corrects() {
+    let pki = pki();
+    let Some(server) = FhirServer::start(&pki, Options::default()).await else {
+        return;
+    };
+    let g = start_north(&pki, &server, "", None).await;
+    // batch_messages = 8: the original goes in a later request than the correction.
+    let mut items: Vec<NewEnvelope> = (0..10)
+        .map(|i| {
+            let c = format!("BK{i:03}");
+            envelope("lab", Kind::Hl7, Lane::Normal, &c, lab(&c, "MRN1", 90))
+        })
+        .collect();
+    items.push(envelope(
+        "lab",
+        Kind::Astm,
+        Lane::Normal,
+        "ASTM-ORIG",
+        astm_potassium("F", "5.0", "N"),
+    ));
+    items.push(envelope(
+        "lab",
+        Kind::Astm,
+        Lane::Critical,
+        "ASTM-CORR",
+        astm_potassium("C", "6.9", "HH"),
+    ));
+    g.queue().push_all(items).await.unwrap();
+
+    eventually(30, "everything delivered and the queue empty", || async {
+        g.queue().depth().0 == 0
+    })
+    .await;
+    let correction = astm_potassium("C", "6.9", "HH");
+    let ids =
+        |m: &[u8]| crate::support::astm_observation_ids_in("north", "lab", "America/Chicago", m);
+    let id = ids(&correction).pop().unwrap();
+    assert_eq!(
+        ids(&astm_potassium("F", "5.0", "N")),
+        std::slice::from_ref(&id),
+        "one natural key"
+    );
+    let found = server.search("Observation", &format!("_id={id}")).await;
+    assert_eq!(found["total"], 1);
+    let astm = [&found["entry"][0]["resource"]];
+    assert_eq!(astm[0]["status"], "corrected", "{}", astm[0]);
+    assert_eq!(astm[0]["valueQuantity"]["value"], 6.9);
+    assert_eq!(astm[0]["interpretation"][0]["coding"][0]["code"], "HH");
+    let metrics = g.metrics_text();
+    assert!(
+        metrics
+            .contains("caregate_messages_resent_in_order_total{tenant=\"north\",source=\"lab\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("caregate_messages_forwarded_total{tenant=\"north\",source=\"lab\"} 12")
     );
     g.stop().await;
 }

@@ -329,6 +329,26 @@ where
 /// Observation ids caregate derives for an HL7 message of `tenant`/`source` read in `zone`
 /// (what the tests look up at the FHIR server).
 pub fn observation_ids_in(tenant: &str, source: &str, zone: &str, msg: &[u8]) -> Vec<String> {
+    observation_ids_by(caregate::convert::convert_bytes, tenant, source, zone, msg)
+}
+
+/// The same for an ASTM E1394 message.
+pub fn astm_observation_ids_in(tenant: &str, source: &str, zone: &str, msg: &[u8]) -> Vec<String> {
+    observation_ids_by(caregate::convert::convert_astm, tenant, source, zone, msg)
+}
+
+type Converter = fn(
+    &caregate::convert::Context<'_>,
+    &[u8],
+) -> Result<caregate::convert::Conversion, caregate::convert::Error>;
+
+fn observation_ids_by(
+    convert: Converter,
+    tenant: &str,
+    source: &str,
+    zone: &str,
+    msg: &[u8],
+) -> Vec<String> {
     let zone = jiff::tz::TimeZone::get(zone).unwrap();
     let systems = Default::default();
     let ctx = caregate::convert::Context {
@@ -338,7 +358,7 @@ pub fn observation_ids_in(tenant: &str, source: &str, zone: &str, msg: &[u8]) ->
         identifier_systems: &systems,
         system_base: "urn:caregate",
     };
-    let c = caregate::convert::convert_bytes(&ctx, msg).unwrap();
+    let c = convert(&ctx, msg).unwrap();
     let v: serde_json::Value = serde_json::from_str(&c.bundle.to_json()).unwrap();
     v["entry"]
         .as_array()
