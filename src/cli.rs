@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config;
 
@@ -164,16 +164,12 @@ pub enum Command {
     },
     /// What is flowing and what is stuck: per tenant and source (asks the running daemon).
     Status {
-        /// Configuration file (for the admin address).
-        #[arg(long, short, default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
+        /// The running daemon and the operator's token.
+        #[command(flatten)]
+        api: ApiArgs,
         /// The `/status` JSON document.
         #[arg(long)]
         json: bool,
-        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
-        /// /etc/caregate/cli.token when readable).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
     },
     /// The audit trail: verify its integrity, export a tenant's entries.
     Audit {
@@ -211,18 +207,26 @@ pub enum Command {
     },
 }
 
+/// How a command reaches the running daemon's admin API, and as whom.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Configuration file (for the admin address and the tenants).
+    #[arg(long, short, default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
+    /// /etc/caregate/cli.token when readable).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
 /// `caregate consent ...`.
 #[derive(Debug, Subcommand)]
 pub enum ConsentCommand {
     /// Record a patient's consent status.
     Set {
-        /// Configuration file.
-        #[arg(long, short, default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
-        /// /etc/caregate/cli.token when readable).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        /// The running daemon and the operator's token.
+        #[command(flatten)]
+        api: ApiArgs,
         /// Tenant (default: the only one).
         #[arg(long)]
         tenant: Option<String>,
@@ -243,13 +247,9 @@ pub enum ConsentCommand {
     },
     /// List a tenant's recorded consents (keyed hashes, status, time).
     List {
-        /// Configuration file.
-        #[arg(long, short, default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
-        /// /etc/caregate/cli.token when readable).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        /// The running daemon and the operator's token.
+        #[command(flatten)]
+        api: ApiArgs,
         /// Tenant (default: the only one).
         #[arg(long)]
         tenant: Option<String>,
@@ -573,26 +573,18 @@ pub struct ProbeMqtt {
 pub enum QueueCommand {
     /// Counts and bytes per tenant and source, oldest entry age.
     Stats {
-        /// Configuration file (for data_dir).
-        #[arg(long, short, default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
-        /// /etc/caregate/cli.token when readable).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        /// The running daemon and the operator's token.
+        #[command(flatten)]
+        api: ApiArgs,
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
     },
     /// List dead letters (messages the upstream or the converter refused) with the reason.
     DeadLetters {
-        /// Configuration file.
-        #[arg(long, short, default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
-        /// /etc/caregate/cli.token when readable).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        /// The running daemon and the operator's token.
+        #[command(flatten)]
+        api: ApiArgs,
         /// Only this tenant.
         #[arg(long)]
         tenant: Option<String>,
@@ -602,13 +594,9 @@ pub enum QueueCommand {
     },
     /// Put dead letters back in the queue, in their original order (after fixing the cause).
     Replay {
-        /// Configuration file.
-        #[arg(long, short, default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
-        /// /etc/caregate/cli.token when readable).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        /// The running daemon and the operator's token.
+        #[command(flatten)]
+        api: ApiArgs,
         /// Tenant (default: the only one).
         #[arg(long)]
         tenant: Option<String>,
@@ -621,13 +609,9 @@ pub enum QueueCommand {
     },
     /// Delete one dead letter for good.
     Purge {
-        /// Configuration file.
-        #[arg(long, short, default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-        /// File holding the admin API bearer token (default: $CAREGATE_TOKEN_FILE, else
-        /// /etc/caregate/cli.token when readable).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        /// The running daemon and the operator's token.
+        #[command(flatten)]
+        api: ApiArgs,
         /// Tenant (default: the only one).
         #[arg(long)]
         tenant: Option<String>,

@@ -85,12 +85,9 @@ fn init_logging(format: LogFormat) {
 
 /// The configuration and an admin API client with the operator's token (the CLI commands
 /// that talk to the running daemon).
-fn operator_api(
-    config: &std::path::Path,
-    token_file: Option<&std::path::Path>,
-) -> anyhow::Result<(Config, ops::Api)> {
-    let config = Config::load(config)?;
-    let api = ops::Api::new(&config, ops::read_token(token_file)?)?;
+fn operator_api(args: &cli::ApiArgs) -> anyhow::Result<(Config, ops::Api)> {
+    let config = Config::load(&args.config)?;
+    let api = ops::Api::new(&config, ops::read_token(args.token_file.as_deref())?)?;
     Ok((config, api))
 }
 
@@ -308,12 +305,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             cli::token_new(&name, hash_file.as_deref(), &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status {
-            config,
-            json,
-            token_file,
-        } => {
-            let (_, api) = operator_api(&config, token_file.as_deref())?;
+        Command::Status { api, json } => {
+            let (_, api) = operator_api(&api)?;
             let status = runtime()?.block_on(ops::status(&api))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -325,8 +318,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Consent {
             command:
                 ConsentCommand::Set {
-                    config,
-                    token_file,
+                    api,
                     tenant,
                     authority,
                     system,
@@ -334,7 +326,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     value,
                 },
         } => {
-            let (config, api) = operator_api(&config, token_file.as_deref())?;
+            let (config, api) = operator_api(&api)?;
             let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
             let value = if value == "-" {
                 let mut line = String::new();
@@ -368,15 +360,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Consent {
-            command:
-                ConsentCommand::List {
-                    config,
-                    token_file,
-                    tenant,
-                    json,
-                },
+            command: ConsentCommand::List { api, tenant, json },
         } => {
-            let (config, api) = operator_api(&config, token_file.as_deref())?;
+            let (config, api) = operator_api(&api)?;
             let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
             let list = runtime()?.block_on(ops::consent_list(&api, &tenant))?;
             if json {
@@ -390,15 +376,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue {
-            command:
-                QueueCommand::DeadLetters {
-                    config,
-                    tenant,
-                    json,
-                    token_file,
-                },
+            command: QueueCommand::DeadLetters { api, tenant, json },
         } => {
-            let (config, api) = operator_api(&config, token_file.as_deref())?;
+            let (config, api) = operator_api(&api)?;
             let list = runtime()?.block_on(ops::dead_letters(&config, &api, tenant.as_deref()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -429,14 +409,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Queue {
             command:
                 QueueCommand::Replay {
-                    config,
+                    api,
                     tenant,
                     all,
                     id,
-                    token_file,
                 },
         } => {
-            let (config, api) = operator_api(&config, token_file.as_deref())?;
+            let (config, api) = operator_api(&api)?;
             let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
             let done = runtime()?.block_on(ops::replay(
                 &config,
@@ -453,29 +432,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue {
-            command:
-                QueueCommand::Purge {
-                    config,
-                    tenant,
-                    id,
-                    token_file,
-                },
+            command: QueueCommand::Purge { api, tenant, id },
         } => {
-            let (config, api) = operator_api(&config, token_file.as_deref())?;
+            let (config, api) = operator_api(&api)?;
             let tenant = ops::pick_tenant(&config, tenant.as_deref())?;
             let done = runtime()?.block_on(ops::purge(&config, &api, &tenant, id))?;
             println!("purged dead letter {id} of tenant {}", done.tenant);
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue {
-            command:
-                QueueCommand::Stats {
-                    config,
-                    json,
-                    token_file,
-                },
+            command: QueueCommand::Stats { api, json },
         } => {
-            let (config, api) = operator_api(&config, token_file.as_deref())?;
+            let (config, api) = operator_api(&api)?;
             let stats = runtime()?.block_on(ops::queue_stats(&config, &api))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
