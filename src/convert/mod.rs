@@ -151,6 +151,11 @@ pub enum WarningKind {
     /// A unit (OBX-6, ASTM R-5) came with a value that is not a quantity (text, a code, a
     /// number that does not parse): the value is kept, the unit is not in the resource.
     UnitNotCarried,
+    /// OBX-11 `C`, `D` or `W`, or OBR-25 `C`: the message corrects or withdraws a result sent
+    /// before. Resource ids derive from the message's own control id, so it arrives as a new
+    /// resource and the earlier one stays as it was at the server, until the platform links
+    /// them (DiagnosticReport identifier `FILL`, OBX-21).
+    CorrectionAsNewResource,
 }
 
 impl WarningKind {
@@ -175,6 +180,7 @@ impl WarningKind {
             WarningKind::DuplicateNaturalKey => "duplicate-natural-key",
             WarningKind::PrecisionPadded => "precision-padded",
             WarningKind::UnitNotCarried => "unit-not-carried",
+            WarningKind::CorrectionAsNewResource => "correction-as-new-resource",
         }
     }
 }
@@ -521,6 +527,7 @@ mod tests {
             W::UnconfiguredAuthority,
             W::PatientNotIdentified,
             W::EncounterNotIdentified,
+            W::CorrectionAsNewResource,
             W::RepetitionsDropped,
             W::InvalidEncapsulatedData,
             W::TimeOffsetDropped,
@@ -658,6 +665,52 @@ mod tests {
         assert_eq!(unit_warnings.len(), 2, "{:?}", report.warnings);
         assert!(warned(&report, "OBX-6", WarningKind::UnitNotCarried));
         assert!(warned(&report, "OBX-5", WarningKind::NotNumeric));
+    }
+
+    #[test]
+    fn a_correction_or_withdrawal_is_reported_as_a_new_resource() {
+        let (obs, report) = observations(&[
+            "OBX|1|NM|2345-7^Glucose^LN||90|mg/dL|||||F",
+            "OBX|2|NM|2345-7^Glucose^LN||95|mg/dL|||||C",
+            "OBX|3|NM|2823-3^Potassium^LN||4.1|mmol/L|||||d",
+            "OBX|4|NM|2160-0^Creatinine^LN||0.9|mg/dL|||||W",
+            "OBX|5|NM|1988-5^CRP^LN||1|mg/L|||||P",
+        ]);
+        let statuses: Vec<&str> = obs.iter().filter_map(|o| o["status"].as_str()).collect();
+        assert_eq!(
+            statuses,
+            [
+                "final",
+                "corrected",
+                "entered-in-error",
+                "entered-in-error",
+                "preliminary"
+            ]
+        );
+        let at: Vec<usize> = report
+            .warnings
+            .iter()
+            .filter(|w| w.kind == WarningKind::CorrectionAsNewResource)
+            .map(|w| w.segment)
+            .collect();
+        // MSH, PID, OBR, then the OBX: segments 5, 6 and 7.
+        assert_eq!(at, [5, 6, 7], "{:?}", report.warnings);
+        assert!(warned(
+            &report,
+            "OBX-11",
+            WarningKind::CorrectionAsNewResource
+        ));
+
+        let raw = "MSH|^~\\&|LAB|HOSP|GW|HOSP|20240105103000+0100||ORU^R01|T3|P|2.5\r\
+                   PID|||MRN1^^^HOSP^MR\rOBR|1||F1|24331-1^Lipid^LN|||||||||||||||||||||C\r\
+                   OBX|1|NM|2345-7^Glucose^LN||90|mg/dL|||||F\r";
+        let conv = ctx_with(|ctx| convert_bytes(ctx, raw.as_bytes())).expect("converts");
+        assert!(
+            warned(&conv.report, "OBR-25", WarningKind::CorrectionAsNewResource),
+            "{:?}",
+            conv.report.warnings
+        );
+        assert!(conv.bundle.to_json().contains(r#""status":"corrected""#));
     }
 
     #[test]

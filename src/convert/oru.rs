@@ -401,7 +401,15 @@ fn diagnostic_report(
         dr.identifier
             .extend(datatype::ei_identifier(ctx, rep, Some(type_code)));
     }
-    dr.status = match text(obr.field(25).component(1)) {
+    let status = text(obr.field(25).component(1));
+    if status
+        .as_deref()
+        .is_some_and(|c| c.eq_ignore_ascii_case("C"))
+    {
+        conv.report
+            .warn(index, "OBR-25", WarningKind::CorrectionAsNewResource);
+    }
+    dr.status = match status {
         Some(code) => codes::report_status(&code)
             .map(str::to_owned)
             .unwrap_or_else(|| {
@@ -637,6 +645,13 @@ pub(crate) fn observation(
         }
     };
     obs.status = status.to_owned();
+    if status_code
+        .as_deref()
+        .is_some_and(|c| ["C", "D", "W"].iter().any(|k| c.eq_ignore_ascii_case(k)))
+    {
+        conv.report
+            .warn(index, "OBX-11", WarningKind::CorrectionAsNewResource);
+    }
     let is_mdc = code
         .coding
         .first()
