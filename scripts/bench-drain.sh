@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Drain benchmark: a backlog of queued messages delivered by the release binary to a local
-# TLS 1.3 / HTTP/2 FHIR sink; msg/s and the daemon's peak RSS.
+# TLS 1.3 / HTTP/2 FHIR sink; time to ready with the backlog on disk, msg/s and the daemon's peak RSS.
 #
 # Exact command (from the repository root):
 #   scripts/bench-drain.sh [--messages 100000] [--batch 100]

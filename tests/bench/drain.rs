@@ -1,7 +1,8 @@
 //! Drain benchmark: a backlog of N queued messages (default 100,000 CBC results, ~1.7 KB, 10
 //! OBX each) delivered by caregate (the release binary, a child process, as in production) to a
-//! local FHIR sink over TLS 1.3 / HTTP/2. Reports messages/s from the daemon's start to an
-//! empty queue, the requests and entries the sink saw, and the daemon's peak RSS (VmHWM).
+//! local FHIR sink over TLS 1.3 / HTTP/2. Reports the time from spawn to ready (/readyz) with
+//! the backlog on disk, messages/s from the daemon's start to an empty queue, the requests and
+//! entries the sink saw, and the daemon's peak RSS (VmHWM).
 //!
 //! The sink answers every transaction with 200 and a transaction-response (one entry per
 //! `"request":{` it counts in the body) without otherwise looking at the entries: it measures
@@ -134,6 +135,16 @@ async fn run(bin: &str, messages: usize, batch: usize) {
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
+    // Start: from spawn to the readiness latch (/readyz 200), with the whole backlog on disk.
+    let ready_after = loop {
+        if let Ok(r) = http.get(format!("http://{admin}/readyz")).send().await {
+            if r.status().is_success() {
+                break started.elapsed();
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
     let mut peak_kb = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -186,6 +197,10 @@ async fn run(bin: &str, messages: usize, batch: usize) {
         elapsed.as_secs_f64(),
         messages as f64 / requests.max(1) as f64,
         seen.bytes.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    println!(
+        "ready (/readyz 200) {:.0} ms after spawn, with {messages} messages queued",
+        ready_after.as_secs_f64() * 1000.0
     );
     println!(
         "time in upstream requests {:.2}s, in queue commits {:.2}s ({} commits)",
