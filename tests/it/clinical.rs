@@ -379,12 +379,12 @@ async fn consent_pulled_from_the_upstream_holds_and_releases() {
     g.stop().await;
 }
 
-/// An ASTM potassium result for specimen `SPEC-COR1`: status `status` (R-9), value and flag.
-/// Its correction carries the same analyzer, specimen, test and completion time, so both write
-/// one Observation (the natural key, protocols.md §6.2).
-fn astm_potassium(status: &str, value: &str, flag: &str) -> Vec<u8> {
+/// An ASTM potassium result for `specimen`: status `status` (R-9), value and flag. A
+/// correction carries the same analyzer, specimen, test and completion time, so it writes the
+/// same Observation (the natural key, protocols.md §6.2).
+fn astm_potassium(specimen: &str, status: &str, value: &str, flag: &str) -> Vec<u8> {
     format!(
-        "H|\\^&|||ANALYZER^7^1.0^SN-COR\rP|1||PAT-COR1\rO|1|SPEC-COR1||^^^K\r\
+        "H|\\^&|||ANALYZER^7^1.0^SN-COR\rP|1||PAT-COR1\rO|1|{specimen}||^^^K\r\
          R|1|^^^2823-3|{value}|mmol/L|3.5-5.1|{flag}||{status}||||20240105101500\rL|1|N\r"
     )
     .into_bytes()
@@ -413,10 +413,11 @@ fn envelope(source: &str, kind: Kind, lane: Lane, control: &str, payload: Vec<u8
     }
 }
 
-/// Stored together behind a backlog: a potassium result (normal), then its correction, which
-/// is critical (HH) and so goes first. The older result, delivered after it, writes the same
-/// Observation: the correction is delivered once more at its arrival place, so the server ends
-/// with the corrected critical value, as strict arrival order would leave it.
+/// Stored together behind a backlog: specimen 1's potassium result (normal), then its
+/// correction, critical (HH), which goes first; specimen 2's result, a critical correction and
+/// then a second, normal correction. Older results delivered after a critical one write the
+/// same Observation: the critical one is delivered once more at its arrival place, and never
+/// after a newer one. The server ends as strict arrival order would leave it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_critical_correction_sent_ahead_is_not_overwritten_by_the_result_it_corrects() {
     let pki = pki();
@@ -424,56 +425,54 @@ async fn a_critical_correction_sent_ahead_is_not_overwritten_by_the_result_it_co
         return;
     };
     let g = start_north(&pki, &server, "", None).await;
-    // batch_messages = 8: the original goes in a later request than the correction.
+    // batch_messages = 8: the older results go in later requests than the critical ones.
     let mut items: Vec<NewEnvelope> = (0..10)
         .map(|i| {
             let c = format!("BK{i:03}");
             envelope("lab", Kind::Hl7, Lane::Normal, &c, lab(&c, "MRN1", 90))
         })
         .collect();
-    items.push(envelope(
-        "lab",
-        Kind::Astm,
-        Lane::Normal,
-        "ASTM-ORIG",
-        astm_potassium("F", "5.0", "N"),
-    ));
-    items.push(envelope(
-        "lab",
-        Kind::Astm,
-        Lane::Critical,
-        "ASTM-CORR",
-        astm_potassium("C", "6.9", "HH"),
-    ));
+    let sent = [
+        ("SPEC-1", "F", "5.0", "N", Lane::Normal),
+        ("SPEC-1", "C", "6.9", "HH", Lane::Critical),
+        ("SPEC-2", "F", "5.0", "N", Lane::Normal),
+        ("SPEC-2", "C", "6.9", "HH", Lane::Critical),
+        ("SPEC-2", "C", "5.9", "N", Lane::Normal),
+    ];
+    for (i, (specimen, status, value, flag, lane)) in sent.iter().enumerate() {
+        let m = astm_potassium(specimen, status, value, flag);
+        items.push(envelope("lab", Kind::Astm, *lane, &format!("ASTM{i}"), m));
+    }
     g.queue().push_all(items).await.unwrap();
 
     eventually(30, "everything delivered and the queue empty", || async {
         g.queue().depth().0 == 0
     })
     .await;
-    let correction = astm_potassium("C", "6.9", "HH");
     let ids =
         |m: &[u8]| crate::support::astm_observation_ids_in("north", "lab", "America/Chicago", m);
-    let id = ids(&correction).pop().unwrap();
-    assert_eq!(
-        ids(&astm_potassium("F", "5.0", "N")),
-        std::slice::from_ref(&id),
-        "one natural key"
-    );
-    let found = server.search("Observation", &format!("_id={id}")).await;
-    assert_eq!(found["total"], 1);
-    let astm = [&found["entry"][0]["resource"]];
-    assert_eq!(astm[0]["status"], "corrected", "{}", astm[0]);
-    assert_eq!(astm[0]["valueQuantity"]["value"], 6.9);
-    assert_eq!(astm[0]["interpretation"][0]["coding"][0]["code"], "HH");
+    for (specimen, value, flag) in [("SPEC-1", 6.9, "HH"), ("SPEC-2", 5.9, "N")] {
+        let id = ids(&astm_potassium(specimen, "C", "0", "N")).pop().unwrap();
+        assert_eq!(
+            ids(&astm_potassium(specimen, "F", "1", "N")),
+            std::slice::from_ref(&id),
+            "one natural key"
+        );
+        let found = server.search("Observation", &format!("_id={id}")).await;
+        assert_eq!(found["total"], 1);
+        let obs = &found["entry"][0]["resource"];
+        assert_eq!(obs["status"], "corrected", "{specimen}: {obs}");
+        assert_eq!(obs["valueQuantity"]["value"], value, "{specimen}: {obs}");
+        assert_eq!(obs["interpretation"][0]["coding"][0]["code"], flag);
+    }
     let metrics = g.metrics_text();
     assert!(
         metrics
-            .contains("caregate_messages_resent_in_order_total{tenant=\"north\",source=\"lab\"} 1"),
+            .contains("caregate_messages_resent_in_order_total{tenant=\"north\",source=\"lab\"} 2"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("caregate_messages_forwarded_total{tenant=\"north\",source=\"lab\"} 12")
+        metrics.contains("caregate_messages_forwarded_total{tenant=\"north\",source=\"lab\"} 15")
     );
     g.stop().await;
 }
