@@ -1750,13 +1750,11 @@ mod tests {
 
     /// Control ids of a lease, with their lanes.
     fn leased(q: &Queue, max: usize) -> Vec<(String, Lane)> {
-        let out: Vec<(String, Lane)> = q
-            .lease("t", max)
+        q.lease("t", max)
             .unwrap()
             .into_iter()
             .map(|e| (e.meta.control_id, e.lane))
-            .collect();
-        out
+            .collect()
     }
 
     #[tokio::test]
