@@ -39,7 +39,10 @@
 //!    from tenant, source, control id and position with PUT; conditional create/update by
 //!    identifier), so a re-send leaves the server as it was. See [`pipeline`].
 //! 7. **Order per source, tenants apart.** One in-flight request per tenant, leases in id order
-//!    per source; each tenant has its own client, pool, credentials, breaker and alert state.
+//!    per source; a critical result goes ahead and, if older messages of its source follow it,
+//!    is delivered again at its place, so the server ends as strict order would leave it
+//!    ([`queue`], "Critical lane"). Each tenant has its own client, pool, credentials, breaker
+//!    and alert state.
 //!
 //! ## Code map
 //!
