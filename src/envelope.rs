@@ -27,8 +27,9 @@ pub enum Kind {
     Reading = 3,
 }
 
-/// Forwarding priority. [`Lane::slot`] is where it sorts in the queue's ready index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Forwarding priority. [`Lane::slot`] is where it sorts in the queue's ready index (the
+/// variants themselves have no order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
     /// Critical results: ahead of any backlog of their tenant.
     Critical = 0,

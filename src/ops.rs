@@ -116,13 +116,12 @@ async fn call_with<T: serde::de::DeserializeOwned>(
     if let Some(t) = &api.token {
         req = req.bearer_auth(t);
     }
-    let resp = match req.send().await {
+    let mut resp = match req.send().await {
         Ok(r) => r,
         Err(e) if e.is_connect() => return Err(NotRunning(base.to_owned()).into()),
         Err(e) => return Err(e).context(format!("calling {base}{path}")),
     };
     let status = resp.status();
-    let mut resp = resp;
     let read = crate::forward::client::read_body(&mut resp, MAX_ANSWER).await;
     match read.cut {
         None => {}
@@ -305,10 +304,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_over_the_cap_is_an_error_not_read_whole() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let Ok((mut s, _)) = listener.accept().await else {
                 return;

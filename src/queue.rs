@@ -1331,12 +1331,13 @@ impl Inner {
                         replies.push(Pending::Reject(reply, Ok(id)));
                     }
                     Command::Ack { tenant, ids, reply } => {
-                        // Decided before anything is removed: an older message of the source
-                        // delivered in this same request also went after the critical one.
+                        // Decided before any `ready` key is removed: an older message of the
+                        // source delivered in this same request also went after the critical
+                        // one. A resend's envelope is written back below.
                         let mut acked = Vec::with_capacity(ids.len());
                         for id in ids {
                             let env = envelopes
-                                .get((tenant.as_str(), id))
+                                .remove((tenant.as_str(), id))
                                 .map_err(storage)?
                                 .and_then(|v| Envelope::decode(v.value()).ok());
                             let resend = match &env {
@@ -1349,7 +1350,6 @@ impl Inner {
                         }
                         for (id, env, resend) in acked {
                             let Some(mut env) = env else {
-                                envelopes.remove((tenant.as_str(), id)).map_err(storage)?;
                                 parked.remove((tenant.as_str(), id)).map_err(storage)?;
                                 continue;
                             };
@@ -1372,7 +1372,6 @@ impl Inner {
                                 readied = true;
                                 continue;
                             }
-                            envelopes.remove((tenant.as_str(), id)).map_err(storage)?;
                             totals.messages = totals.messages.saturating_sub(1);
                             totals.bytes = totals.bytes.saturating_sub(env.payload.len() as u64);
                             parked.remove((tenant.as_str(), id)).map_err(storage)?;

@@ -402,10 +402,7 @@ fn diagnostic_report(
             .extend(datatype::ei_identifier(ctx, rep, Some(type_code)));
     }
     let status = text(obr.field(25).component(1));
-    if status
-        .as_deref()
-        .is_some_and(|c| c.eq_ignore_ascii_case("C"))
-    {
+    if status.as_deref().and_then(codes::report_status) == Some("corrected") {
         conv.report
             .warn(index, "OBR-25", WarningKind::CorrectionAsNewResource);
     }
@@ -645,10 +642,7 @@ pub(crate) fn observation(
         }
     };
     obs.status = status.to_owned();
-    if status_code
-        .as_deref()
-        .is_some_and(|c| ["C", "D", "W"].iter().any(|k| c.eq_ignore_ascii_case(k)))
-    {
+    if matches!(status, "corrected" | "entered-in-error") {
         conv.report
             .warn(index, "OBX-11", WarningKind::CorrectionAsNewResource);
     }
